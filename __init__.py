@@ -1,0 +1,25 @@
+"""ComfyUI entry point: registers the model folders and hands ComfyUI the node extension."""
+
+import os
+
+import folder_paths
+
+from .nodes import AnimateDiffLightningExtension
+from .nodes.motion import LORA_FOLDER, MOTION_FOLDER
+
+
+def _register_model_folder(name):
+    """Adds models/<name> (shared with AnimateDiff-Evolved users) with the usual weight-file extensions."""
+    path = os.path.join(folder_paths.models_dir, name)
+    os.makedirs(path, exist_ok=True)
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[name] = ([], set(folder_paths.supported_pt_extensions))
+    folder_paths.add_model_folder_path(name, path)
+
+
+_register_model_folder(MOTION_FOLDER)
+_register_model_folder(LORA_FOLDER)
+
+
+async def comfy_entrypoint():
+    return AnimateDiffLightningExtension()

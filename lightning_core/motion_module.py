@@ -1,0 +1,199 @@
+"""The AnimateDiff motion module: temporal transformers placed after the spatial layers of an SD1.5 UNet.
+
+Follows guoyww/AnimateDiff `animatediff/models/motion_module.py`. Parameter names are the original
+ones, so `MotionModuleSet.load_state_dict` takes an official (or Lightning `_comfyui`) file as is.
+One deliberate detail: the input GroupNorm is applied per frame, on `(b f) c h w`, as in the original
+(diffusers' `AnimateDiffTransformer3D` normalises over all frames of a clip at once).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MotionModuleConfig:
+    """Shape of a motion-module set; `from_state_dict` reads it off a canonical state dict."""
+
+    block_channels: tuple = (320, 640, 1280, 1280)
+    down_layers: int = 2
+    up_layers: int = 3
+    mid_block: bool = True
+    position_encoding_length: int | None = 32
+    num_heads: int = 8
+
+    @classmethod
+    def from_state_dict(cls, sd):
+        """Infers the config from the keys and shapes of a canonical (original-naming) state dict."""
+        def count(prefix):
+            return len({k.split(".")[3] for k in sd if k.startswith(prefix)})
+
+        levels = len({k.split(".")[1] for k in sd if k.startswith("down_blocks.")})
+        channels = tuple(sd[f"down_blocks.{i}.motion_modules.0.temporal_transformer.proj_in.weight"].shape[0]
+                         for i in range(levels))
+        pe = [v for k, v in sd.items() if k.endswith("pos_encoder.pe")]
+        return cls(block_channels=channels, down_layers=count("down_blocks.0.motion_modules."),
+                   up_layers=count("up_blocks.0.motion_modules."),
+                   mid_block=any(k.startswith("mid_block.") for k in sd),
+                   position_encoding_length=pe[0].shape[1] if pe else None)
+
+
+def sinusoidal_position_encoding(length, channels):
+    """Returns the [1, length, channels] sin/cos table of Vaswani et al. (2017)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * (-math.log(10000.0) / channels))
+    pe = torch.zeros(1, length, channels)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
+class PositionalEncoding(nn.Module):
+    """Adds a (loaded, not recomputed) position table along the frame axis."""
+
+    def __init__(self, channels, length):
+        super().__init__()
+        self.register_buffer("pe", sinusoidal_position_encoding(length, channels))
+
+    def forward(self, x):
+        frames = x.shape[1]
+        if frames > self.pe.shape[1]:
+            raise ValueError(f"{frames} frames exceed this motion module's position encoding of "
+                             f"{self.pe.shape[1]} frames; lower the batch size (frame count) or use context windows")
+        return x + self.pe[:, :frames].to(device=x.device, dtype=x.dtype)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention across frames, one sequence per spatial position (AnimateDiff's VersatileAttention)."""
+
+    def __init__(self, channels, num_heads, position_encoding_length):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(channels, channels, bias=False)
+        self.to_v = nn.Linear(channels, channels, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+        self.pos_encoder = (PositionalEncoding(channels, position_encoding_length)
+                            if position_encoding_length else None)
+
+    def forward(self, x, scale_multiplier=1.0):
+        if self.pos_encoder is not None:
+            x = self.pos_encoder(x)
+        b, f, c = x.shape
+        q, k, v = (proj(x).view(b, f, self.num_heads, -1).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        scale = scale_multiplier / math.sqrt(c // self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return self.to_out[0](out.transpose(1, 2).reshape(b, f, c))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU projection (Shazeer 2020)."""
+
+    def __init__(self, dim_in, dim_out):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x):
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward with a 4x inner width; `net.1` is the (parameter-free) dropout slot."""
+
+    def __init__(self, channels, mult=4):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(channels, channels * mult), nn.Identity(), nn.Linear(channels * mult, channels))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TemporalTransformerBlock(nn.Module):
+    """Two pre-norm temporal self-attentions and a feed-forward, each with a residual."""
+
+    def __init__(self, channels, num_heads, position_encoding_length):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList(
+            [TemporalAttention(channels, num_heads, position_encoding_length) for _ in range(2)])
+        self.norms = nn.ModuleList([nn.LayerNorm(channels) for _ in range(2)])
+        self.ff = FeedForward(channels)
+        self.ff_norm = nn.LayerNorm(channels)
+
+    def forward(self, x, scale_multiplier=1.0):
+        for attention, norm in zip(self.attention_blocks, self.norms):
+            x = attention(norm(x), scale_multiplier) + x
+        return self.ff(self.ff_norm(x)) + x
+
+
+class TemporalTransformer(nn.Module):
+    """Per-frame GroupNorm, project in, temporal blocks over (b h w) sequences of f tokens, project out."""
+
+    def __init__(self, channels, num_heads, position_encoding_length):
+        super().__init__()
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            [TemporalTransformerBlock(channels, num_heads, position_encoding_length)])
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(self, x, num_frames, scale_multiplier=1.0):
+        bf, c, h, w = x.shape
+        b = bf // num_frames
+        # Norm, projections and feed-forward act per token, so one rearrange up front serves them all.
+        tokens = self.norm(x).view(b, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, num_frames, c)
+        tokens = self.proj_in(tokens)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, scale_multiplier)
+        tokens = self.proj_out(tokens)
+        return tokens.view(b, h * w, num_frames, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
+
+
+class MotionModule(nn.Module):
+    """One temporal layer: `x + effect * temporal_transformer(x)`; effect 1 and scale 1 are as trained.
+
+    `scale_multiplier` multiplies the attention logits (lower: calmer motion, higher: livelier).
+    """
+
+    def __init__(self, channels, num_heads, position_encoding_length):
+        super().__init__()
+        self.temporal_transformer = TemporalTransformer(channels, num_heads, position_encoding_length)
+
+    def forward(self, x, num_frames, effect=1.0, scale_multiplier=1.0):
+        if x.shape[0] % num_frames:
+            raise ValueError(f"batch of {x.shape[0]} latents is not a whole number of {num_frames}-frame videos")
+        delta = self.temporal_transformer(x, num_frames, scale_multiplier)
+        return x + delta if effect == 1.0 else x + effect * delta
+
+
+class MotionBlock(nn.Module):
+    """The motion modules of one UNet resolution level (AnimateDiff's `*_blocks.i.motion_modules`)."""
+
+    def __init__(self, channels, layers, num_heads, position_encoding_length):
+        super().__init__()
+        self.motion_modules = nn.ModuleList(
+            [MotionModule(channels, num_heads, position_encoding_length) for _ in range(layers)])
+
+
+class MotionModuleSet(nn.Module):
+    """Every motion module of a UNet: down_blocks, up_blocks and the optional mid_block."""
+
+    def __init__(self, config=MotionModuleConfig()):
+        super().__init__()
+        self.config = config
+        args = (config.num_heads, config.position_encoding_length)
+        self.down_blocks = nn.ModuleList([MotionBlock(c, config.down_layers, *args) for c in config.block_channels])
+        self.up_blocks = nn.ModuleList(
+            [MotionBlock(c, config.up_layers, *args) for c in reversed(config.block_channels)])
+        self.mid_block = MotionBlock(config.block_channels[-1], 1, *args) if config.mid_block else None
+
+    @classmethod
+    def from_state_dict(cls, sd, dtype=None):
+        """Builds the set matching a canonical state dict and loads it strictly."""
+        with torch.device("meta"):
+            module = cls(MotionModuleConfig.from_state_dict(sd))
+        module.load_state_dict(sd, strict=True, assign=True)
+        return module if dtype is None else module.to(dtype)

@@ -1,0 +1,126 @@
+"""Lightning's sampling nodes: trailing-timestep SIGMAS, the Euler SAMPLER, and a one-node sampler."""
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy_api.latest import io
+
+from ..lightning_core import sampling, schedule
+from . import host
+from .motion import CATEGORY
+
+STEPS_TOOLTIP = ("Sampling steps; 0 takes the step count the loaded Lightning file was distilled for "
+                 "(4 for a file without one). Lightning files work best at their own step count.")
+
+
+def resolve_steps(model, steps):
+    """Returns the step count to use: the requested one, or the motion module's own when 0; warns on mismatch."""
+    settings = host.motion_settings(model)
+    distilled = settings.get("lightning_steps")
+    if steps == 0:
+        return distilled or 4
+    if distilled and steps != distilled:
+        host.log.warning("%s was distilled for %d steps but %d were requested; expect %s results",
+                         settings.get("name"), distilled, steps, "blurry" if steps < distilled else "over-sharpened")
+    return steps
+
+
+def lightning_sigmas(model, steps, denoise=1.0):
+    """Trailing-timestep Euler sigmas; for denoise < 1 the tail of a longer schedule, as in img2img."""
+    steps = resolve_steps(model, steps)
+    if denoise <= 0.0:
+        return steps, schedule.get_sigmas_trailing(1)[:0]
+    total = int(steps / denoise)
+    return steps, schedule.get_sigmas_trailing(total)[-(steps + 1):]
+
+
+def check_frame_count(model, latent):
+    """Fails early, naming the parameter, when the batch (frame count) is longer than the position encoding."""
+    limit = host.motion_settings(model).get("position_encoding_length")
+    frames = latent["samples"].shape[0]
+    if limit and frames > limit:
+        raise ValueError(f"latent batch_size is {frames} frames but this motion module's position encoding covers "
+                         f"{limit}; use at most {limit} frames")
+
+
+class LightningScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADL_LightningScheduler",
+            display_name="AnimateDiff-Lightning Scheduler",
+            category=CATEGORY,
+            description="Euler sigmas at the trailing timesteps Lightning was distilled on (4 steps: 999, 749, 499, 249).",
+            inputs=[
+                io.Model.Input("model", tooltip="A model with a motion module applied (its step count is read from it)."),
+                io.Int.Input("steps", default=0, min=0, max=1000, tooltip=STEPS_TOOLTIP),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Below 1 starts from a partly noised input latent (video-to-video)."),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, steps, denoise) -> io.NodeOutput:
+        return io.NodeOutput(lightning_sigmas(model, steps, denoise)[1])
+
+
+class LightningSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADL_LightningSampler",
+            display_name="AnimateDiff-Lightning Euler Sampler",
+            category=CATEGORY,
+            description="The deterministic Euler sampler Lightning is distilled for, for SamplerCustom(Advanced).",
+            inputs=[],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(sampling.sample_euler))
+
+
+class LightningKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADL_LightningKSampler",
+            display_name="AnimateDiff-Lightning Sampler",
+            category=CATEGORY,
+            description="Samples a video with Lightning's defaults: the checkpoint's step count, Euler at trailing "
+                        "timesteps, CFG 1 (the negative prompt is then not used).",
+            inputs=[
+                io.Model.Input("model", tooltip="A model with a motion module applied."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed; the same seed gives the same video."),
+                io.Int.Input("steps", default=0, min=0, max=1000, tooltip=STEPS_TOOLTIP),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="1 is what Lightning is distilled for and the fastest; above 1 costs a "
+                                       "second UNet pass per step and uses the negative prompt."),
+                io.Conditioning.Input("positive"),
+                io.Latent.Input("latent_image", tooltip="One latent per frame, e.g. Empty Latent Image with batch_size 16."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Below 1 keeps part of the input latent (video-to-video)."),
+                io.Conditioning.Input("negative", optional=True, tooltip="Used only when cfg is not 1."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, positive, latent_image, denoise, negative=None) -> io.NodeOutput:
+        if negative is None and cfg != 1.0:
+            raise ValueError(f"cfg is {cfg}: connect a negative prompt, or set cfg to 1")
+        check_frame_count(model, latent_image)
+        steps, sigmas = lightning_sigmas(model, steps, denoise)
+        latent = latent_image.copy()
+        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+        callback = latent_preview.prepare_callback(model, steps)
+        latent["samples"] = comfy.sample.sample_custom(
+            model, noise, cfg, comfy.samplers.KSAMPLER(sampling.sample_euler), sigmas, positive,
+            positive if negative is None else negative, samples, noise_mask=latent.get("noise_mask"),
+            callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        return io.NodeOutput(latent)
