@@ -24,7 +24,6 @@ diffusers -> original copies it into both attention blocks; the maps are exact i
 """
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import re
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from .motion_module import sinusoidal_position_encoding
 
 TORCH_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
@@ -219,16 +220,6 @@ def diffusers_to_original(sd: dict) -> dict:
 
 # ----------------------------------------------------------------------------- detection
 
-def sinusoidal_position_encoding(length: int, channels: int, dtype=torch.float32) -> torch.Tensor:
-    """The fixed [1, length, channels] sinusoid of AnimateDiff's PositionalEncoding."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    div = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * (-math.log(10000.0) / channels))
-    pe = torch.zeros(1, length, channels)
-    pe[0, :, 0::2] = torch.sin(position * div)
-    pe[0, :, 1::2] = torch.cos(position * div)
-    return pe.to(dtype)
-
-
 def module_shapes(channels: int, pe_length: int | None) -> dict[str, tuple[int, ...]]:
     """Expected canonical key suffixes and shapes of one motion module with C channels."""
     c, t, b = channels, "temporal_transformer.", "temporal_transformer.transformer_blocks.0."
@@ -353,13 +344,10 @@ def _check(sd: dict, info: MotionModuleInfo, path: str) -> None:
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise MotionFormatError(f"{path} does not match an SD1.5 AnimateDiff {info.family} motion module: "
-                                + "; ".join(parts))
+        names = " (keys in original naming)" if info.layout == "diffusers" else ""
+        raise MotionFormatError(f"{path} does not match an SD1.5 AnimateDiff {info.family} motion module"
+                                f"{names}: {len(missing)} missing key(s) {missing[:3]}, "
+                                f"{len(unexpected)} unexpected key(s) {unexpected[:3]}")
     for key, shape in expected.items():
         if tuple(sd[key].shape) != shape:
             raise MotionFormatError(f"{path} has inconsistent shapes: {key} is {list(sd[key].shape)}, "
@@ -381,7 +369,7 @@ def load_motion_module(path) -> tuple[dict[str, torch.Tensor], MotionModuleInfo]
     # AnimateLCM stores no PE; the sinusoid is fixed, so fill it in and every family has the same keys.
     for key, shape in expected_shapes(info).items():
         if key not in sd:
-            sd[key] = sinusoidal_position_encoding(shape[1], shape[2], info.dtype)
+            sd[key] = sinusoidal_position_encoding(shape[1], shape[2]).to(info.dtype)
     return sd, info
 
 

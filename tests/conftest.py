@@ -19,6 +19,8 @@ if str(REPO_ROOT) not in sys.path:
 from host import MODEL_DIRS, PACKAGE_DIR_NAME  # noqa: E402
 from host.comfy_server import ComfyServer  # noqa: E402
 
+pytest_plugins = ["fixtures.comfy_models"]  # model-file fixtures shared by tests/nodes and tests/workflows
+
 
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory) -> Path:

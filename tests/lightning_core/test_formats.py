@@ -146,6 +146,11 @@ def test_animatelcm_gets_its_64_frame_sinusoid(tmp_path):
     # re-saved (now with PE keys) it is still AnimateLCM
     formats.save_motion_module(tmp_path / "again.safetensors", loaded)
     assert formats.load_motion_module(tmp_path / "again.safetensors")[1].family == "animatelcm"
+    # AnimateLCM's own training code names the buffer pos_encoder.pos_encoding ([1, 64, C])
+    named = {k.replace("pos_encoder.pe", "pos_encoder.pos_encoding"): v for k, v in loaded.items()}
+    again, info = formats.load_motion_module(mf.write_safetensors(tmp_path / "lcm_train.safetensors", named))
+    assert info.family == "animatelcm" and info.position_encoding_length == 64
+    assert_same(again, loaded)
 
 
 def test_lightning_files_named_like_the_official_ones(tmp_path):

@@ -1,0 +1,130 @@
+"""Motion-module nodes in the real server: unpatching, LoRAs, step counts and every kind of bad input."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import graphs
+from fixtures import motion_files
+from host import saved_files
+
+LIGHTNING_4STEP = "animatediff_lightning_4step_comfyui.safetensors"
+
+
+def run_latent(comfy, comfy_base, prompt, prefix):
+    """Runs a prompt ending in SaveLatent and returns the saved latent tensor."""
+    comfy.run(graphs.save_latent(prompt, f"tests/{prefix}"), timeout=600).raise_for_error()
+    [path] = saved_files(comfy_base, f"{prefix}_*.latent")
+    return load_file(str(path))["latent_tensor"]
+
+
+def run_error(comfy, prompt):
+    """Runs a prompt that must fail while executing; returns the error message ComfyUI reports."""
+    result = comfy.run(graphs.save_latent(prompt, "tests/never_written"), timeout=600)
+    assert not result.ok, "the prompt was expected to fail"
+    return result.execution_error["exception_message"]
+
+
+@pytest.fixture(scope="module")
+def lightning_file(write_motion):
+    return write_motion(LIGHTNING_4STEP)
+
+
+def test_the_model_is_unpatched_after_a_motion_run(comfy, comfy_base, tiny_checkpoint, lightning_file):
+    plain = graphs.ksample(graphs.base(tiny_checkpoint), scheduler="normal")
+    before = run_latent(comfy, comfy_base, plain, "unpatch_before")
+    animated = graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file))
+    motion = run_latent(comfy, comfy_base, animated, "unpatch_motion")
+    after = run_latent(comfy, comfy_base, graphs.ksample(graphs.base(tiny_checkpoint), scheduler="normal",
+                                                         seed=7), "unpatch_after")
+    assert (motion - before).abs().max() > 1e-2  # the motion run did change things
+    assert torch.equal(before, after), "sampling without the motion module must match a never-patched model"
+
+
+def test_custom_sampler_nodes_match_the_one_node_sampler(comfy, comfy_base, tiny_checkpoint, lightning_file):
+    one_node = run_latent(comfy, comfy_base, graphs.lightning_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file), seed=3), "one_node")
+    custom = run_latent(comfy, comfy_base, graphs.custom_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file), seed=3), "custom")
+    torch.testing.assert_close(custom, one_node, rtol=0, atol=0)
+
+
+def test_effect_zero_removes_the_motion(comfy, comfy_base, tiny_checkpoint, lightning_file):
+    full = run_latent(comfy, comfy_base, graphs.lightning_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file)), "effect_one")
+    none = run_latent(comfy, comfy_base, graphs.lightning_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file, effect=0.0)), "effect_zero")
+    plain = run_latent(comfy, comfy_base, graphs.custom_sample(graphs.base(tiny_checkpoint), model=("1", 0)),
+                       "effect_plain")
+    assert (full - none).abs().max() > 1e-2
+    # effect 0 leaves only the AnimateDiff schedule: the same as the plain model on that schedule's sigmas
+    assert none.shape[0] == 16 and torch.isfinite(none).all() and plain.shape == none.shape
+
+
+def test_motion_lora_chain_changes_the_video(comfy, comfy_base, tiny_checkpoint, lightning_file,
+                                             tiny_motion_state_dict):
+    shapes = {k: tuple(v.shape) for k, v in tiny_motion_state_dict.items()}
+    lora_dir = comfy_base / "models" / "animatediff_motion_lora"
+    motion_files.write_ckpt(lora_dir / "v2_lora_ZoomIn.ckpt", motion_files.motion_lora_state_dict(shapes, rank=4))
+    motion_files.write_ckpt(lora_dir / "v2_lora_PanLeft.ckpt",
+                            motion_files.motion_lora_state_dict(shapes, rank=4, seed=2))
+    without = run_latent(comfy, comfy_base, graphs.lightning_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file)), "lora_none")
+    zero = run_latent(comfy, comfy_base, graphs.lightning_sample(graphs.with_motion(
+        graphs.base(tiny_checkpoint), lightning_file, loras=[("v2_lora_ZoomIn.ckpt", 0.0)])), "lora_zero")
+    chained = run_latent(comfy, comfy_base, graphs.lightning_sample(graphs.with_motion(
+        graphs.base(tiny_checkpoint), lightning_file,
+        loras=[("v2_lora_ZoomIn.ckpt", 0.75), ("v2_lora_PanLeft.ckpt", 0.5)])), "lora_chain")
+    torch.testing.assert_close(zero, without, rtol=0, atol=0)
+    assert (chained - without).abs().max() > 1e-3
+
+
+def test_step_count_mismatch_warns_and_still_samples(comfy, comfy_base, tiny_checkpoint, lightning_file):
+    prompt = graphs.custom_sample(graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file), steps=2)
+    run_latent(comfy, comfy_base, prompt, "mismatch")
+    assert f"{LIGHTNING_4STEP} was distilled for 4 steps but 2 were requested" in comfy.log()
+
+
+def test_bad_motion_files_give_clear_errors_and_the_server_keeps_serving(comfy, comfy_base, tiny_checkpoint,
+                                                                        lightning_file, tmp_path):
+    folder = comfy_base / "models" / "animatediff_models"
+    marker = tmp_path / "pwned"
+    cases = {
+        "sd15_checkpoint.safetensors": (lambda p: motion_files.write_safetensors(
+            p, motion_files.sd_checkpoint_state_dict()), "Stable Diffusion checkpoint"),
+        "picture.safetensors": (motion_files.write_png, "PNG image"),
+        "truncated.safetensors": (lambda p: motion_files.write_truncated(p, motion_files.random_motion_state_dict(
+            motion_files.motion_module_shapes(**motion_files.TINY))), "truncated or corrupt"),
+        "evil.ckpt": (lambda p: motion_files.write_malicious_pickle(p, marker), "refused"),
+    }
+    for name, (write, expected) in cases.items():
+        write(folder / name)
+        prompt = graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint), name))
+        message = run_error(comfy, prompt)
+        assert name in message and expected in message, message
+    assert not marker.exists(), "unpickling the malicious file ran its code"
+    ok = graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file))
+    run_latent(comfy, comfy_base, ok, "after_bad_files")
+
+
+def test_lora_for_another_architecture_is_refused(comfy, tiny_checkpoint, lightning_file, comfy_base):
+    full_shapes = motion_files.motion_module_shapes()  # an SD1.5-size LoRA on the tiny module
+    motion_files.write_ckpt(comfy_base / "models" / "animatediff_motion_lora" / "wrong_arch.ckpt",
+                            motion_files.motion_lora_state_dict(full_shapes, rank=2))
+    prompt = graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file,
+                                                        loras=[("wrong_arch.ckpt", 1.0)]))
+    message = run_error(comfy, prompt)
+    assert "wrong_arch.ckpt does not fit this motion module" in message, message
+
+
+def test_motion_module_for_another_unet_is_refused(comfy, comfy_base, tiny_checkpoint, write_motion):
+    full = motion_files.random_motion_state_dict(motion_files.motion_module_shapes(), dtype=torch.float16)
+    name = write_motion("mm_sd_v15_v2.safetensors", full)
+    message = run_error(comfy, graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint), name)))
+    assert "block channels (320, 640, 1280, 1280)" in message and "(320, 640)" in message, message
+
+
+def test_more_frames_than_the_position_encoding_is_refused(comfy, tiny_checkpoint, lightning_file):
+    prompt = graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint, frames=33), lightning_file))
+    message = run_error(comfy, prompt)
+    assert "batch_size is 33 frames" in message and "32" in message, message
