@@ -12,8 +12,9 @@ def _register_model_folder(name):
     """Adds models/<name> (shared with AnimateDiff-Evolved users) with the usual weight-file extensions."""
     path = os.path.join(folder_paths.models_dir, name)
     os.makedirs(path, exist_ok=True)
-    if name not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[name] = ([], set(folder_paths.supported_pt_extensions))
+    # extra_model_paths.yaml may have created the entry already (with no extensions, i.e. any file).
+    _, extensions = folder_paths.folder_names_and_paths.setdefault(name, ([], set()))
+    extensions.update(folder_paths.supported_pt_extensions)
     folder_paths.add_model_folder_path(name, path)
 
 

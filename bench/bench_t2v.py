@@ -19,7 +19,9 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import torch
@@ -136,44 +138,53 @@ def measure(run, unet_timer, motion_timer):
     return dict(s=seconds, mib=mem.mib, unet=unet_timer.total, motion=motion_timer.total)
 
 
-def bench_side(name, run_for_size, unet_timer, motion_timer, sizes, reps):
-    results = {}
+@dataclass
+class Side:
+    """One implementation under test: `run_for_size(size)` returns a function making one video."""
+
+    name: str
+    run_for_size: Callable
+    unet_timer: ModuleTimer
+    motion_timer: ModuleTimer
+
+
+def bench(sides, sizes, reps):
+    """Warms each side up once per size, then alternates them rep by rep so drift hits both alike."""
+    results = {side.name: {} for side in sides}
     for size in sizes:
-        run = run_for_size(size)
-        t0 = time.perf_counter()
-        run()  # warm-up, not timed
-        print(f"  {name} {size}x{size}: warm-up {time.perf_counter() - t0:.1f}s", flush=True)
-        runs = [measure(run, unet_timer, motion_timer) for _ in range(reps(size))]
-        for r in runs:
-            print(f"  {name} {size}x{size}: {r['s']:.2f}s (UNet {r['unet']:.2f}s, motion {r['motion']:.2f}s), "
-                  f"peak +{r['mib']:.0f} MiB", flush=True)
-        results[size] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        runs = {side.name: side.run_for_size(size) for side in sides}
+        for side in sides:
+            t0 = time.perf_counter()
+            runs[side.name]()
+            print(f"  {side.name} {size}x{size}: warm-up {time.perf_counter() - t0:.1f}s", flush=True)
+        measured = {side.name: [] for side in sides}
+        for rep in range(reps(size)):
+            for side in sides if rep % 2 == 0 else sides[::-1]:
+                r = measure(runs[side.name], side.unet_timer, side.motion_timer)
+                measured[side.name].append(r)
+                print(f"  {side.name} {size}x{size}: {r['s']:.2f}s (UNet {r['unet']:.2f}s, motion {r['motion']:.2f}s), "
+                      f"peak +{r['mib']:.0f} MiB", flush=True)
+        for name, rs in measured.items():
+            results[name][size] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
     return results
 
 
 # ----------------------------------------------------------------------------- the two sides
 
-def diffusers_side(sd15, motion_sd, sizes, reps):
-    from diffusers import AnimateDiffPipeline, EulerDiscreteScheduler, MotionAdapter, UNetMotionModel
+def diffusers_side(sd15, motion_sd):
+    from diffusers import AnimateDiffPipeline, MotionAdapter
     from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+    from fixtures import oracle
     from lightning_core import formats
 
     unet, vae, text_encoder, tokenizer = sd15.build_models("full")
     _, adapter_kwargs = sd15.motion_config("full")
-    # MotionAdapter + UNetMotionModel.from_unet2d, but sharing the weights (assign) instead of copying them.
-    with torch.device("meta"):
-        adapter = MotionAdapter(**adapter_kwargs)
-        motion_unet = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
-    adapter_sd = formats.original_to_diffusers(motion_sd)
-    adapter.load_state_dict(adapter_sd, strict=True, assign=True)
-    motion_unet.load_state_dict({**unet.state_dict(), **adapter_sd}, strict=True, assign=True)
+    adapter = MotionAdapter(**adapter_kwargs)
+    adapter.load_state_dict(formats.original_to_diffusers(motion_sd), strict=True)
+    motion_unet = oracle.build_motion_unet(unet, adapter)  # stock diffusers: its own all-frames norm kept
     del unet
-    assert not any(t.is_meta for t in [*motion_unet.parameters(), *motion_unet.buffers()])
-    scheduler = EulerDiscreteScheduler(beta_schedule="linear", timestep_spacing="trailing",
-                                       beta_start=0.00085, beta_end=0.012)
-    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                               unet=motion_unet.eval().requires_grad_(False), motion_adapter=adapter,
-                               scheduler=scheduler).to(DEVICE)
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=motion_unet,
+                               motion_adapter=adapter, scheduler=oracle.make_scheduler()).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     unet_timer = ModuleTimer([pipe.unet])
     motion_timer = ModuleTimer([m for m in pipe.unet.modules() if isinstance(m, AnimateDiffTransformer3D)])
@@ -188,14 +199,10 @@ def diffusers_side(sd15, motion_sd, sizes, reps):
                             guidance_scale=1.0, latents=latents, output_type="pt").frames[0]
         return run
 
-    try:
-        return bench_side("diffusers", run_for_size, unet_timer, motion_timer, sizes, reps)
-    finally:
-        del pipe, motion_unet, adapter
-        gc.collect()
+    return Side("diffusers", run_for_size, unet_timer, motion_timer)
 
 
-def ours_side(sd15, motion_sd, checkpoint, sizes, reps):
+def ours_side(sd15, motion_sd, checkpoint):
     import comfy.model_management as mm
     import comfy.sample
     import comfy.samplers
@@ -228,12 +235,7 @@ def ours_side(sd15, motion_sd, checkpoint, sizes, reps):
             return vae.decode(samples)
         return run
 
-    try:
-        return bench_side("ours", run_for_size, unet_timer, motion_timer, sizes, reps)
-    finally:
-        del model, clip, vae, motion_set
-        mm.unload_all_models()
-        gc.collect()
+    return Side("ours", run_for_size, unet_timer, motion_timer)
 
 
 # ----------------------------------------------------------------------------- report
@@ -269,13 +271,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+",
                         default=[64, 256] + ([512] if DEVICE == "cuda" else []))
-    parser.add_argument("--reps", type=int, default=None, help="timed runs per size (default 3 up to 64x64, else 1)")
+    parser.add_argument("--reps", type=int, default=None, help="timed runs per size and side (default 5 up to 64x64, else 2)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "adl-bench",
                         help="where the SD1.5 checkpoint is written (once, ~4.3 GB)")
-    parser.add_argument("--side", choices=["both", "ours", "diffusers"], default="both")
+    parser.add_argument("--side", choices=["both", "ours", "diffusers"], default="both",
+                        help="one side alone is for profiling; the table needs both")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.md")
     args = parser.parse_args()
-    reps = (lambda size: args.reps) if args.reps else (lambda size: 3 if size <= 64 else 1)
+    if DEVICE == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc keeps freed blocks below its (growing) mmap threshold in the heap, so the resident set
+        # would remember the previous run's peak; with every block over 1 MiB mapped and unmapped on
+        # its own, sampled RSS follows the live tensors on both sides alike.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
+    reps = (lambda size: args.reps) if args.reps else (lambda size: 5 if size <= 64 else 2)
 
     sd15 = import_host()
     checkpoint = args.cache / "sd15_full_random.safetensors"
@@ -288,10 +296,12 @@ def main():
     print(f"setup {time.perf_counter() - t0:.1f}s; torch {torch.__version__}, {DEVICE} {cpu_name()}, "
           f"{torch.get_num_threads()} threads", flush=True)
 
-    theirs = diffusers_side(sd15, motion_sd, args.sizes, reps) if args.side != "ours" else None
-    ours = ours_side(sd15, motion_sd, checkpoint, args.sizes, reps) if args.side != "diffusers" else None
-    if not (ours and theirs):
+    sides = ([ours_side(sd15, motion_sd, checkpoint)] if args.side != "diffusers" else []) + \
+            ([diffusers_side(sd15, motion_sd)] if args.side != "ours" else [])
+    results = bench(sides, args.sizes, reps)
+    if args.side != "both":
         return
+    ours, theirs = results["ours"], results["diffusers"]
     md = table(ours, theirs)
     print("\n" + md)
     header = (f"{datetime.date.today()}, torch {torch.__version__}, {DEVICE}: {cpu_name()}, "

@@ -1,5 +1,7 @@
 """Motion-module nodes in the real server: unpatching, LoRAs, step counts and every kind of bad input."""
 
+import time
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -49,16 +51,40 @@ def test_custom_sampler_nodes_match_the_one_node_sampler(comfy, comfy_base, tiny
     torch.testing.assert_close(custom, one_node, rtol=0, atol=0)
 
 
-def test_effect_zero_removes_the_motion(comfy, comfy_base, tiny_checkpoint, lightning_file):
+def test_effect_zero_equals_a_zero_initialised_motion_module(comfy, comfy_base, tiny_checkpoint, lightning_file,
+                                                             tiny_motion_state_dict, write_motion):
+    # AnimateDiff zero-initialises proj_out, so an untrained module is the identity: effect 0 must be that.
+    untrained = {k: torch.zeros_like(v) if ".proj_out." in k else v for k, v in tiny_motion_state_dict.items()}
+    untrained_file = write_motion("untrained_motion_module.safetensors", untrained)
     full = run_latent(comfy, comfy_base, graphs.lightning_sample(
         graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file)), "effect_one")
     none = run_latent(comfy, comfy_base, graphs.lightning_sample(
         graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file, effect=0.0)), "effect_zero")
-    plain = run_latent(comfy, comfy_base, graphs.custom_sample(graphs.base(tiny_checkpoint), model=("1", 0)),
-                       "effect_plain")
+    identity = run_latent(comfy, comfy_base, graphs.lightning_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), untrained_file)), "effect_untrained")
     assert (full - none).abs().max() > 1e-2
-    # effect 0 leaves only the AnimateDiff schedule: the same as the plain model on that schedule's sigmas
-    assert none.shape[0] == 16 and torch.isfinite(none).all() and plain.shape == none.shape
+    torch.testing.assert_close(none, identity, rtol=0, atol=0)
+
+
+def test_sampling_can_be_interrupted_and_the_server_keeps_serving(comfy, comfy_base, tiny_checkpoint,
+                                                                  lightning_file):
+    endless = graphs.save_latent(graphs.lightning_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file), steps=1000), "tests/interrupted")
+    log_start = len(comfy.log())
+    prompt_id = comfy.queue(endless)
+    deadline = time.monotonic() + 120
+    while "/1000 [" not in comfy.log()[log_start:]:  # the sampler's progress bar has started
+        assert time.monotonic() < deadline, "sampling never started"
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    comfy.interrupt()
+    result = comfy.wait(prompt_id, timeout=120)
+    assert not result.ok
+    assert "execution_interrupted" in [name for name, _ in result.status.get("messages", [])]
+    assert time.monotonic() - t0 < 30, "the interrupt took effect only after the sampler finished"
+    assert not saved_files(comfy_base, "interrupted_*.latent")
+    run_latent(comfy, comfy_base, graphs.lightning_sample(
+        graphs.with_motion(graphs.base(tiny_checkpoint), lightning_file)), "after_interrupt")
 
 
 def test_motion_lora_chain_changes_the_video(comfy, comfy_base, tiny_checkpoint, lightning_file,
