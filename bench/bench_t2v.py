@@ -228,6 +228,7 @@ def ours_side(sd15, motion_sd, checkpoint):
         noise = sd15.comfy_noise((FRAMES, 4, size // 8, size // 8), SEED)
         empty = torch.zeros_like(noise)
 
+        @torch.inference_mode()  # as ComfyUI's executor runs every node
         def run():
             positive = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
             samples = comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, positive, positive, empty,

@@ -101,7 +101,7 @@ class ApplyMotionModule(io.ComfyNode):
                         "schedule set; the input model is left untouched. Each latent in the batch is one frame.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5-family checkpoint."),
-                MotionModuleType.Input("motion_module"),
+                MotionModuleType.Input("motion_module", tooltip="From Load AnimateDiff Motion Module."),
                 MotionLoraType.Input("motion_lora", optional=True, tooltip="Motion LoRAs to merge into the module."),
                 io.Float.Input("effect", default=1.0, min=0.0, max=2.0, step=0.01,
                                tooltip="How much of each motion layer's output is added: 1 as trained, 0 no motion."),

@@ -100,7 +100,7 @@ class LightningKSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
                                tooltip="1 is what Lightning is distilled for and the fastest; above 1 costs a "
                                        "second UNet pass per step and uses the negative prompt."),
-                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("positive", tooltip="The prompt (CLIP Text Encode); one for all frames."),
                 io.Latent.Input("latent_image", tooltip="One latent per frame, e.g. Empty Latent Image with batch_size 16."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Below 1 keeps part of the input latent (video-to-video)."),
