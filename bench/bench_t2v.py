@@ -36,7 +36,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # ----------------------------------------------------------------------------- imports
 
-def import_host():
+def import_host(pytorch_attention=False):
     """Imports ComfyUI (in-process, float32), our fixtures, and this repo as a package the way ComfyUI does."""
     sys.path.insert(0, str(REPO / "tests"))  # `fixtures`; the repo root itself must not shadow ComfyUI
     sys.path.insert(0, str(REPO))  # `lightning_core` for the fixtures (they import it top-level)
@@ -46,6 +46,8 @@ def import_host():
     import comfy.cli_args
     comfy.cli_args.args.cpu = DEVICE == "cpu"
     comfy.cli_args.args.force_fp32 = True  # fp32 on both sides (ComfyUI would pick fp16 on a GPU)
+    # ComfyUI's default attention on CPU is sub-quadratic chunking; on GPUs it is already PyTorch SDPA.
+    comfy.cli_args.args.use_pytorch_cross_attention = pytorch_attention
     comfy.cli_args.args.fp32_vae = True
     import comfy.model_management  # noqa: F401  (reads args now)
     import comfy.ldm.modules.attention  # noqa: F401
@@ -275,9 +277,11 @@ def main():
     parser.add_argument("--reps", type=int, default=None, help="timed runs per size and side (default 5 up to 64x64, else 2)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "adl-bench",
                         help="where the SD1.5 checkpoint is written (once, ~4.3 GB)")
+    parser.add_argument("--attention", choices=["default", "pytorch"], default="default",
+                        help="ComfyUI's attention: its default, or as with --use-pytorch-cross-attention")
     parser.add_argument("--side", choices=["both", "ours", "diffusers"], default="both",
                         help="one side alone is for profiling; the table needs both")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.md")
+    parser.add_argument("--out", type=Path, help="where the table goes (default bench/results*.md)")
     args = parser.parse_args()
     if DEVICE == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         # glibc keeps freed blocks below its (growing) mmap threshold in the heap, so the resident set
@@ -286,7 +290,7 @@ def main():
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
     reps = (lambda size: args.reps) if args.reps else (lambda size: 5 if size <= 64 else 2)
 
-    sd15 = import_host()
+    sd15 = import_host(args.attention == "pytorch")
     checkpoint = args.cache / "sd15_full_random.safetensors"
     t0 = time.perf_counter()
     if not checkpoint.is_file():
@@ -303,13 +307,18 @@ def main():
     if args.side != "both":
         return
     ours, theirs = results["ours"], results["diffusers"]
+    import comfy.ldm.modules.attention
+
+    ours_attention = comfy.ldm.modules.attention.optimized_attention.__name__
     md = table(ours, theirs)
     print("\n" + md)
     header = (f"{datetime.date.today()}, torch {torch.__version__}, {DEVICE}: {cpu_name()}, "
-              f"{torch.get_num_threads()} threads; 16 frames, 4 steps, fp32, median of "
+              f"{torch.get_num_threads()} threads; ComfyUI attention: {ours_attention}; "
+              "16 frames, 4 steps, fp32, median of "
               + ", ".join(f"{reps(s)} at {s}x{s}" for s in args.sizes))
-    args.out.write_text(f"# bench_t2v results\n\n{header}\n\n{md}\n")
-    print(f"\nwritten to {args.out}")
+    out = args.out or REPO / "bench" / ("results.md" if args.attention == "default" else "results_pytorch_attention.md")
+    out.write_text(f"# bench_t2v results\n\n{header}\n\n{md}\n")
+    print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":
