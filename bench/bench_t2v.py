@@ -174,15 +174,14 @@ def bench(sides, sizes, reps):
 # ----------------------------------------------------------------------------- the two sides
 
 def diffusers_side(sd15, motion_sd):
-    from diffusers import AnimateDiffPipeline, MotionAdapter
+    from diffusers import AnimateDiffPipeline
     from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
     from fixtures import oracle
     from lightning_core import formats
 
     unet, vae, text_encoder, tokenizer = sd15.build_models("full")
     _, adapter_kwargs = sd15.motion_config("full")
-    adapter = MotionAdapter(**adapter_kwargs)
-    adapter.load_state_dict(formats.original_to_diffusers(motion_sd), strict=True)
+    adapter = oracle.build_adapter(formats.original_to_diffusers(motion_sd), adapter_kwargs)
     motion_unet = oracle.build_motion_unet(unet, adapter)  # stock diffusers: its own all-frames norm kept
     del unet
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=motion_unet,
@@ -295,7 +294,7 @@ def main():
     t0 = time.perf_counter()
     if not checkpoint.is_file():
         print(f"writing {checkpoint} ...", flush=True)
-        sd15.write_checkpoint(checkpoint.with_suffix(".part"), *sd15.build_models("full")[:3]).rename(checkpoint)
+        sd15.write_checkpoint(checkpoint, *sd15.build_models("full")[:3])
         gc.collect()
     motion_sd = sd15.random_motion_state_dict("full")
     print(f"setup {time.perf_counter() - t0:.1f}s; torch {torch.__version__}, {DEVICE} {cpu_name()}, "

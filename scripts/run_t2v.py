@@ -63,10 +63,7 @@ def write_standins(checkpoint_name: str, motion_name: str) -> None:
     if not checkpoint.is_file():
         print(f"writing a random SD1.5 checkpoint stand-in (860M-parameter UNet, ~4 GB) to {checkpoint} ...",
               flush=True)
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        part = checkpoint.with_name(checkpoint.name + ".part")
-        sd15.write_checkpoint(part, *sd15.build_models("full")[:3])
-        part.rename(checkpoint)
+        sd15.write_checkpoint(checkpoint, *sd15.build_models("full")[:3])
     if not motion.is_file():
         print(f"writing a random AnimateDiff-Lightning motion module stand-in (fp16, ~0.9 GB) to {motion} ...",
               flush=True)

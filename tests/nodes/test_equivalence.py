@@ -43,9 +43,6 @@ FRAMES, WIDTH, HEIGHT = 16, 64, 64
 STEPS = 4  # what steps=0 resolves to for *_lightning_4step_* files
 LATENT_ATOL = 1e-3
 FRAME_ATOL = 1 / 255 + 1e-3
-# ComfyUI's LATENT outputs are VAE latents (SD15 latent_format.process_out); diffusers' are the UNet's,
-# i.e. multiplied by the VAE scaling factor.
-SD15_SCALE_FACTOR = 0.18215
 
 
 def build_prompt(ckpt_name: str, motion_name: str, prefix: str) -> dict:
@@ -91,9 +88,10 @@ def output_files(result, base: Path, node_id: str, kind: str) -> list[Path]:
 
 
 def read_latent(result, base, node_id) -> torch.Tensor:
-    """A SaveLatent output in diffusers' (UNet-space) scale."""
+    """A SaveLatent output in diffusers' (UNet-space) scale: ComfyUI's LATENT is the VAE's (SD15
+    latent_format.process_out), diffusers' is that times the VAE scaling factor."""
     (path,) = output_files(result, base, node_id, "latents")
-    return load_file(str(path))["latent_tensor"].float() * SD15_SCALE_FACTOR
+    return load_file(str(path))["latent_tensor"].float() * sd15.SCALING_FACTOR
 
 
 def read_frames(result, base, node_id) -> torch.Tensor:
