@@ -294,7 +294,7 @@ def main():
     t0 = time.perf_counter()
     if not checkpoint.is_file():
         print(f"writing {checkpoint} ...", flush=True)
-        sd15.write_checkpoint(checkpoint, *sd15.build_models("full")[:3])
+        sd15.write_checkpoint(checkpoint, *sd15.build_models("full")[:3], dtype=torch.float32)
         gc.collect()
     motion_sd = sd15.random_motion_state_dict("full")
     print(f"setup {time.perf_counter() - t0:.1f}s; torch {torch.__version__}, {DEVICE} {cpu_name()}, "

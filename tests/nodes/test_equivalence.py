@@ -173,6 +173,9 @@ def run_equivalence(size: str, comfy, comfy_base: Path, subdir: str = "") -> dic
         nomotion_frames = read_frames(result, comfy_base, "32")
     finally:
         comfy.free()
+        # Up to 4 GB at full size: gone as soon as the server is done with them (CI disks are small).
+        ckpt.unlink()
+        motion_path.unlink()
     log = comfy.log()
     key_problems = [line for line in log.splitlines() if line.startswith(sd15.KEY_PROBLEMS)]
 

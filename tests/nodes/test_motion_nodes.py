@@ -146,7 +146,10 @@ def test_lora_for_another_architecture_is_refused(comfy, tiny_checkpoint, lightn
 def test_motion_module_for_another_unet_is_refused(comfy, comfy_base, tiny_checkpoint, write_motion):
     full = motion_files.random_motion_state_dict(motion_files.motion_module_shapes(), dtype=torch.float16)
     name = write_motion("mm_sd_v15_v2.safetensors", full)
-    message = run_error(comfy, graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint), name)))
+    try:
+        message = run_error(comfy, graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint), name)))
+    finally:
+        (comfy_base / "models" / "animatediff_models" / name).unlink()  # 0.9 GB
     assert "block channels (320, 640, 1280, 1280)" in message and "(320, 640)" in message, message
 
 
