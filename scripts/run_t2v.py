@@ -61,7 +61,7 @@ def write_standins(checkpoint_name: str, motion_name: str) -> None:
     checkpoint = STANDIN_DIR / "checkpoints" / checkpoint_name
     motion = STANDIN_DIR / "animatediff_models" / motion_name
     if not checkpoint.is_file():
-        print(f"writing a random SD1.5 checkpoint stand-in (860M-parameter UNet, ~4 GB) to {checkpoint} ...",
+        print(f"writing a random SD1.5 checkpoint stand-in (860M-parameter UNet, fp16, ~2.1 GB) to {checkpoint} ...",
               flush=True)
         sd15.write_checkpoint(checkpoint, *sd15.build_models("full")[:3])
     if not motion.is_file():
