@@ -4,6 +4,10 @@ Follows guoyww/AnimateDiff `animatediff/models/motion_module.py`. Parameter name
 ones, so `MotionModuleSet.load_state_dict` takes an official (or Lightning `_comfyui`) file as is.
 One deliberate detail: the input GroupNorm is applied per frame, on `(b f) c h w`, as in the original
 (diffusers' `AnimateDiffTransformer3D` normalises over all frames of a clip at once).
+
+Every layer with weights is built from an `operations` namespace (`Linear`, `GroupNorm`, `LayerNorm`), as
+ComfyUI's own models are: `torch.nn` by default (the trainer), the host's `comfy.ops` classes in ComfyUI, so
+that low-VRAM partial loading, fp8 weight storage and manual casting reach the temporal layers too.
 """
 
 import math
@@ -51,6 +55,15 @@ def sinusoidal_position_encoding(length, channels):
     return pe
 
 
+def temporal_attention_bytes(batch, height, width, max_frames, num_heads=8, dtype_size=4):
+    """Upper bound on the attention-score memory of one temporal layer at the UNet's finest level.
+
+    A batch of `batch` latents of `height` x `width` splits into clips of f <= max_frames frames; each pixel of
+    each clip attends over f frames per head: batch / f * h * w * heads * f * f scores = batch * h * w * heads * f.
+    """
+    return batch * height * width * num_heads * min(batch, max_frames) * dtype_size
+
+
 class PositionalEncoding(nn.Module):
     """Adds a (loaded, not recomputed) position table along the frame axis."""
 
@@ -69,13 +82,13 @@ class PositionalEncoding(nn.Module):
 class TemporalAttention(nn.Module):
     """Self-attention across frames, one sequence per spatial position (AnimateDiff's VersatileAttention)."""
 
-    def __init__(self, channels, num_heads, position_encoding_length):
+    def __init__(self, channels, num_heads, position_encoding_length, operations=nn):
         super().__init__()
         self.num_heads = num_heads
-        self.to_q = nn.Linear(channels, channels, bias=False)
-        self.to_k = nn.Linear(channels, channels, bias=False)
-        self.to_v = nn.Linear(channels, channels, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+        self.to_q = operations.Linear(channels, channels, bias=False)
+        self.to_k = operations.Linear(channels, channels, bias=False)
+        self.to_v = operations.Linear(channels, channels, bias=False)
+        self.to_out = nn.ModuleList([operations.Linear(channels, channels)])
         self.pos_encoder = (PositionalEncoding(channels, position_encoding_length)
                             if position_encoding_length else None)
 
@@ -92,9 +105,9 @@ class TemporalAttention(nn.Module):
 class GEGLU(nn.Module):
     """Gated GELU projection (Shazeer 2020)."""
 
-    def __init__(self, dim_in, dim_out):
+    def __init__(self, dim_in, dim_out, operations=nn):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = operations.Linear(dim_in, dim_out * 2)
 
     def forward(self, x):
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -104,9 +117,10 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     """GEGLU feed-forward with a 4x inner width; `net.1` is the (parameter-free) dropout slot."""
 
-    def __init__(self, channels, mult=4):
+    def __init__(self, channels, mult=4, operations=nn):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(channels, channels * mult), nn.Identity(), nn.Linear(channels * mult, channels))
+        self.net = nn.Sequential(GEGLU(channels, channels * mult, operations), nn.Identity(),
+                                 operations.Linear(channels * mult, channels))
 
     def forward(self, x):
         return self.net(x)
@@ -115,13 +129,13 @@ class FeedForward(nn.Module):
 class TemporalTransformerBlock(nn.Module):
     """Two pre-norm temporal self-attentions and a feed-forward, each with a residual."""
 
-    def __init__(self, channels, num_heads, position_encoding_length):
+    def __init__(self, channels, num_heads, position_encoding_length, operations=nn):
         super().__init__()
         self.attention_blocks = nn.ModuleList(
-            [TemporalAttention(channels, num_heads, position_encoding_length) for _ in range(2)])
-        self.norms = nn.ModuleList([nn.LayerNorm(channels) for _ in range(2)])
-        self.ff = FeedForward(channels)
-        self.ff_norm = nn.LayerNorm(channels)
+            [TemporalAttention(channels, num_heads, position_encoding_length, operations) for _ in range(2)])
+        self.norms = nn.ModuleList([operations.LayerNorm(channels) for _ in range(2)])
+        self.ff = FeedForward(channels, operations=operations)
+        self.ff_norm = operations.LayerNorm(channels)
 
     def forward(self, x, scale_multiplier=1.0):
         for attention, norm in zip(self.attention_blocks, self.norms):
@@ -132,13 +146,13 @@ class TemporalTransformerBlock(nn.Module):
 class TemporalTransformer(nn.Module):
     """Per-frame GroupNorm, project in, temporal blocks over (b h w) sequences of f tokens, project out."""
 
-    def __init__(self, channels, num_heads, position_encoding_length):
+    def __init__(self, channels, num_heads, position_encoding_length, operations=nn):
         super().__init__()
-        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, channels)
+        self.norm = operations.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = operations.Linear(channels, channels)
         self.transformer_blocks = nn.ModuleList(
-            [TemporalTransformerBlock(channels, num_heads, position_encoding_length)])
-        self.proj_out = nn.Linear(channels, channels)
+            [TemporalTransformerBlock(channels, num_heads, position_encoding_length, operations)])
+        self.proj_out = operations.Linear(channels, channels)
 
     def forward(self, x, num_frames, scale_multiplier=1.0):
         bf, c, h, w = x.shape
@@ -158,9 +172,9 @@ class MotionModule(nn.Module):
     `scale_multiplier` multiplies the attention logits (lower: calmer motion, higher: livelier).
     """
 
-    def __init__(self, channels, num_heads, position_encoding_length):
+    def __init__(self, channels, num_heads, position_encoding_length, operations=nn):
         super().__init__()
-        self.temporal_transformer = TemporalTransformer(channels, num_heads, position_encoding_length)
+        self.temporal_transformer = TemporalTransformer(channels, num_heads, position_encoding_length, operations)
 
     def forward(self, x, num_frames, effect=1.0, scale_multiplier=1.0):
         if x.shape[0] % num_frames:
@@ -172,28 +186,32 @@ class MotionModule(nn.Module):
 class MotionBlock(nn.Module):
     """The motion modules of one UNet resolution level (AnimateDiff's `*_blocks.i.motion_modules`)."""
 
-    def __init__(self, channels, layers, num_heads, position_encoding_length):
+    def __init__(self, channels, layers, num_heads, position_encoding_length, operations=nn):
         super().__init__()
         self.motion_modules = nn.ModuleList(
-            [MotionModule(channels, num_heads, position_encoding_length) for _ in range(layers)])
+            [MotionModule(channels, num_heads, position_encoding_length, operations) for _ in range(layers)])
 
 
 class MotionModuleSet(nn.Module):
     """Every motion module of a UNet: down_blocks, up_blocks and the optional mid_block."""
 
-    def __init__(self, config=MotionModuleConfig()):
+    def __init__(self, config=MotionModuleConfig(), operations=nn):
         super().__init__()
         self.config = config
-        args = (config.num_heads, config.position_encoding_length)
+        args = (config.num_heads, config.position_encoding_length, operations)
         self.down_blocks = nn.ModuleList([MotionBlock(c, config.down_layers, *args) for c in config.block_channels])
         self.up_blocks = nn.ModuleList(
             [MotionBlock(c, config.up_layers, *args) for c in reversed(config.block_channels)])
         self.mid_block = MotionBlock(config.block_channels[-1], 1, *args) if config.mid_block else None
 
     @classmethod
-    def from_state_dict(cls, sd, dtype=None):
-        """Builds the set matching a canonical state dict and loads it strictly."""
+    def from_state_dict(cls, sd, dtype=None, operations=nn):
+        """Builds the set matching a canonical state dict and loads it strictly; `dtype` is the weight storage dtype."""
         with torch.device("meta"):
-            module = cls(MotionModuleConfig.from_state_dict(sd))
+            module = cls(MotionModuleConfig.from_state_dict(sd), operations)
         module.load_state_dict(sd, strict=True, assign=True)
-        return module if dtype is None else module.to(dtype)
+        if dtype is not None:
+            # Weights only: the position table stays exact (fp8 would ruin it) and is cast to the activations' dtype.
+            for p in module.parameters():
+                p.data = p.data.to(dtype)
+        return module

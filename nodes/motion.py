@@ -6,7 +6,6 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..lightning_core import formats
-from ..lightning_core.motion_module import MotionModuleSet
 from . import host
 
 CATEGORY = "AnimateDiff-Lightning"
@@ -114,7 +113,7 @@ class ApplyMotionModule(io.ComfyNode):
     @classmethod
     def execute(cls, model, motion_module, effect, motion_scale, motion_lora=None) -> io.NodeOutput:
         state_dict = merge_motion_loras(motion_module.state_dict, motion_lora or ())
-        motion_set = MotionModuleSet.from_state_dict(state_dict, dtype=host.unet_dtype(model))
+        motion_set = host.build_motion_set(model, state_dict)
         settings = {"name": motion_module.name, "lightning_steps": motion_module.info.lightning_steps,
                     "position_encoding_length": motion_module.info.position_encoding_length,
                     "effect": effect, "motion_scale": motion_scale}
