@@ -9,12 +9,19 @@ the clone. `forward_timestep_embed_patch` tells the UNet how to call the inserte
 
 import logging
 from collections import OrderedDict
+from contextlib import contextmanager
 
+import comfy.context_windows
+import comfy.model_management
 import comfy.model_sampling
+import comfy.ops
+import comfy.patcher_extension
+import comfy.utils
+import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 
-from ..lightning_core import schedule
-from ..lightning_core.motion_module import MotionModule
+from ..lightning_core import context, schedule
+from ..lightning_core.motion_module import MotionModule, MotionModuleSet, temporal_attention_bytes
 
 KEY = "animatediff_lightning"  # our one namespace in transformer_options and attachments
 MOTION_CHILD = "motion_module"
@@ -92,8 +99,38 @@ def inject_motion_module(model, motion_set, settings):
     if not any(cls is MotionModule for cls, _ in patches.get("forward_timestep_embed_patch", [])):
         model.set_model_forward_timestep_embed_patch((MotionModule, _forward_motion))
     model.add_object_patch("model_sampling", AnimateDiffModelSampling())
-    model.model_options["transformer_options"][KEY] = dict(settings)
+    _patch_memory_required(model, motion_set)
+    # The clone inherits the size measured before the object patches existed; the host decides how much of
+    # the model fits the GPU from this number, so it must count the motion weights too (once, if re-applied).
+    motion_bytes = comfy.model_management.module_size(motion_set)
+    model.size = model.model_size() - motion_settings(model).get("motion_bytes", 0) + motion_bytes
+    model.model_options["transformer_options"][KEY] = dict(settings, motion_bytes=motion_bytes)
     return model
+
+
+class MotionMemoryRequired:
+    """`memory_required` of a UNet with temporal layers: the host's estimate plus their attention scores.
+
+    Installed as an object patch, so the host's per-step batching (`calc_cond_batch`) sees it while the clone
+    is patched; it is removed with the other object patches.
+    """
+
+    def __init__(self, base, num_heads, max_frames, dtype):
+        self.base, self.num_heads, self.max_frames, self.dtype = base, num_heads, max_frames, dtype
+
+    def __call__(self, input_shape, cond_shapes={}):
+        batch, _, height, width = input_shape[:4]
+        temporal = temporal_attention_bytes(batch, height, width, self.max_frames, self.num_heads,
+                                            comfy.model_management.dtype_size(self.dtype))
+        return self.base(input_shape, cond_shapes=cond_shapes) + temporal
+
+
+def _patch_memory_required(model, motion_set):
+    base = model.get_model_object("memory_required")
+    base = base.base if isinstance(base, MotionMemoryRequired) else base
+    cfg = motion_set.config
+    model.add_object_patch("memory_required", MotionMemoryRequired(
+        base, cfg.num_heads, cfg.position_encoding_length or 32, unet_dtype(model)))
 
 
 def motion_settings(model):
@@ -104,3 +141,221 @@ def motion_settings(model):
 def unet_dtype(model):
     """The dtype the UNet computes in, which the motion module must match."""
     return model.model.get_dtype() if model.model.manual_cast_dtype is None else model.model.manual_cast_dtype
+
+
+def unet_operations(model):
+    """The `comfy.ops` namespace the UNet was built with, for the motion layers to store and cast weights alike.
+
+    Mirrors `comfy.model_base.BaseModel.__init__`. Scaled-fp8 files carry per-layer scales that a motion
+    file has not, so their motion layers take plain manual casting from the same weight dtype.
+    """
+    config = model.model.model_config
+    if config.custom_operations is not None:
+        return config.custom_operations
+    return comfy.ops.pick_operations(model.model.get_dtype(), model.model.manual_cast_dtype,
+                                     load_device=model.load_device,
+                                     fp8_optimizations=config.optimizations.get("fp8", False))
+
+
+def build_motion_set(model, state_dict):
+    """Builds a motion-module set stored like the UNet's weights (dtype and operations)."""
+    return MotionModuleSet.from_state_dict(state_dict, dtype=model.model.get_dtype(), operations=unet_operations(model))
+
+
+# ----------------------------------------------------------------------------- context windows
+# Videos longer than the motion module's window go through the host's own handler (comfy/context_windows.py),
+# subclassed where AnimateDiff's frame batches (dim 0) need more than it does.
+
+class StackedWindows(comfy.context_windows.IndexListContextWindow):
+    """Windows of equal length evaluated in one model call: their frames one window after another on dim 0."""
+
+    def __init__(self, windows, first_index):
+        super().__init__([i for window in windows for i in window], dim=0)
+        self.windows = [comfy.context_windows.IndexListContextWindow(window, dim=0) for window in windows]
+        self.first_index = first_index  # of windows[0] among the step's windows
+        self.context_length = len(windows[0])
+
+
+class LightningContextHandler(comfy.context_windows.IndexListContextHandler):
+    """The host's context windows for frame batches, with up to `windows_per_batch` windows per model call.
+
+    Added to the host's handler: one sigma per step (`set_step`), per-frame conds and ControlNet/T2I hints
+    cut to each window's frames, the motion module told the window length, progress and interrupt between
+    model calls. `windows_per_batch` 0 stacks as many windows as the free memory allows.
+    """
+
+    def __init__(self, schedule_name, fuse_method, context_length, context_overlap, closed_loop=False,
+                 windows_per_batch=1, freenoise=False):
+        super().__init__(comfy.context_windows.get_matching_context_schedule(schedule_name),
+                         comfy.context_windows.get_matching_fuse_method(fuse_method),
+                         context_length=context_length, context_overlap=context_overlap, closed_loop=closed_loop,
+                         dim=0)
+        self.windows_per_batch = windows_per_batch
+        self.freenoise = freenoise
+        self._chunks = 1  # conds evaluated per step (cond, uncond): sizes the memory-budget batching
+        self._calls = 1  # model calls in the current step: sizes the progress bar
+
+    def should_use_context(self, model, conds, x_in, timestep, model_options):
+        check_context_length(self.context_length,
+                             model_options.get("transformer_options", {}).get(KEY, {}).get("position_encoding_length"))
+        return super().should_use_context(model, conds, x_in, timestep, model_options)
+
+    def set_step(self, timestep, model_options):
+        """The step whose sigma is nearest; the host's compares each frame's timestep and fails on frame batches."""
+        self._step = context.nearest_step(model_options["transformer_options"]["sample_sigmas"], timestep)
+
+    def execute(self, calc_cond_batch, model, conds, x_in, timestep, model_options):
+        self._chunks = max(1, sum(cond is not None for cond in conds))
+        return super().execute(calc_cond_batch, model, conds, x_in, timestep, model_options)
+
+    def windows_per_call(self, model, x_in):
+        """`windows_per_batch`, or for 0 as many windows as fit in free memory as the host sizes its batches."""
+        if self.windows_per_batch:
+            return self.windows_per_batch
+        required = model.memory_required([self._chunks * self.context_length, *x_in.shape[1:]])
+        return max(1, int(comfy.model_management.get_free_memory(x_in.device) // (1.5 * required)))
+
+    def get_context_windows(self, model, x_in, model_options):
+        """The host's windows of this step, grouped into model calls."""
+        windows = [window.index_list for window in super().get_context_windows(model, x_in, model_options)]
+        calls, first = [], 0
+        for group in context.stack_windows(windows, self.windows_per_call(model, x_in)):
+            calls.append(StackedWindows(group, first))
+            first += len(group)
+        self._calls = len(calls)
+        return calls
+
+    def get_resized_cond(self, cond_in, x_in, window, device=None):
+        """The host's slicing, plus model conds with one entry per frame (prompt travel) cut to the window."""
+        resized = super().get_resized_cond(cond_in, x_in, window, device)
+        for cond in resized or []:
+            if "model_conds" in cond:
+                cond["model_conds"] = {name: _window_cond(value, window, x_in.size(0), device)
+                                       for name, value in cond["model_conds"].items()}
+        return resized
+
+    def evaluate_context_windows(self, calc_cond_batch, model, x_in, conds, timestep, enumerated_context_windows,
+                                 model_options, device=None, first_device=None):
+        """Runs each group of windows as one model call; returns one result per window for the host to fuse."""
+        results = []
+        for call_index, stacked in enumerated_context_windows:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            for callback in comfy.patcher_extension.get_all_callbacks(
+                    comfy.context_windows.IndexListCallbacks.EVALUATE_CONTEXT_WINDOWS, self.callbacks):
+                callback(self, model, x_in, conds, timestep, model_options, call_index, stacked, model_options,
+                         device, first_device)
+            model_options["transformer_options"]["context_window"] = stacked
+            sub_x = stacked.get_tensor(x_in, device)
+            sub_timestep = stacked.get_tensor(timestep, device, dim=0)
+            sub_conds = [self.get_resized_cond(cond, x_in, stacked, device) for cond in conds]
+            with _motion_window(model_options, stacked.context_length), _window_hints(conds, stacked, x_in.size(0)):
+                outputs = calc_cond_batch(model, sub_conds, sub_x, sub_timestep, model_options)
+            length = stacked.context_length
+            for k, window in enumerate(stacked.windows):
+                parts = [out[k * length:(k + 1) * length].to(x_in.device) for out in outputs]
+                results.append(comfy.context_windows.ContextResults(stacked.first_index + k, parts, sub_conds, window))
+            self._report_progress(call_index, model_options)
+        return results
+
+    def _report_progress(self, call_index, model_options):
+        """Advances the node's progress bar per model call, in the units the sampler's own per-step bar uses."""
+        steps = max(1, len(model_options["transformer_options"]["sample_sigmas"]) - 1)
+        done = min(self._step, steps - 1) * self._calls + call_index + 1
+        comfy.utils.ProgressBar(steps * self._calls).update_absolute(done)
+
+
+def _window_cond(value, window, frames, device):
+    """A model cond holding one entry per frame (CONDRegular and kin), cut to the window; others unchanged."""
+    tensor = getattr(value, "cond", None)
+    if isinstance(tensor, torch.Tensor) and tensor.ndim > 0 and frames > 1 and tensor.shape[0] == frames:
+        return value._copy_with(window.get_tensor(tensor, device))
+    return value
+
+
+def _controls(conds):
+    """Every ControlNet / T2I adapter in the conds, chained ones included, each once."""
+    found = {}
+    for cond in conds:
+        for item in cond or []:
+            control = item.get("control")
+            while control is not None:
+                found[id(control)] = control
+                control = control.previous_controlnet
+    return list(found.values())
+
+
+@contextmanager
+def _window_hints(conds, window, frames):
+    """For one model call, gives each control that has one hint image per frame only the window's images.
+
+    The host hands every window the whole hint batch, of which a control uses the first frames. Clearing
+    `cond_hint` makes the control resize (and a T2I adapter re-encode) the images it now holds.
+    """
+    swapped = []
+    for control in _controls(conds):
+        hint = control.cond_hint_original
+        if isinstance(hint, torch.Tensor) and frames > 1 and hint.shape[0] == frames:
+            swapped.append((control, hint))
+            control.cond_hint_original, control.cond_hint = window.get_tensor(hint), None
+    try:
+        yield
+    finally:
+        for control, hint in swapped:
+            control.cond_hint_original, control.cond_hint = hint, None
+
+
+@contextmanager
+def _motion_window(model_options, length):
+    """Tells the motion module that the batch holds videos of `length` frames (one per window and cond)."""
+    options = model_options["transformer_options"]
+    settings = options.get(KEY)
+    options[KEY] = dict(settings or {}, num_frames=length)
+    try:
+        yield
+    finally:
+        if settings is None:
+            options.pop(KEY)
+        else:
+            options[KEY] = settings
+
+
+def _prepare_sampling_wrapper(executor, model, noise_shape, *args, **kwargs):
+    """Sizes the host's memory estimate for the frames of one model call, not the whole video."""
+    handler = kwargs["model_options"].get("context_handler")
+    if isinstance(handler, LightningContextHandler):
+        frames = handler.context_length * max(1, handler.windows_per_batch)
+        noise_shape = [min(noise_shape[0], frames), *noise_shape[1:]]
+    return executor(model, noise_shape, *args, **kwargs)
+
+
+def _freenoise_wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+    """Replaces the initial noise by FreeNoise's before the sampler scales it, when the handler asks for it."""
+    handler = extra_args["model_options"].get("context_handler")
+    if getattr(handler, "freenoise", False) and noise.shape[0] > handler.context_length:
+        generator = torch.Generator().manual_seed(extra_args.get("seed") or 0)
+        noise = context.freenoise(noise, handler.context_length, handler.context_overlap, generator)
+    return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+
+
+def with_context_windows(model, handler):
+    """A clone of `model` that samples through `handler` (as the stock ContextWindowsManual sets it up)."""
+    model = model.clone()
+    model.model_options["context_handler"] = handler
+    wrappers = comfy.patcher_extension.WrappersMP
+    for wrapper_type, wrapper in ((wrappers.PREPARE_SAMPLING, _prepare_sampling_wrapper),
+                                  (wrappers.SAMPLER_SAMPLE, _freenoise_wrapper)):
+        model.remove_wrappers_with_key(wrapper_type, KEY)  # once, however often the node is chained
+        model.add_wrapper_with_key(wrapper_type, KEY, wrapper)
+    return model
+
+
+def check_context_length(context_length, limit):
+    """Refuses windows longer than the motion module's position encoding, naming the parameter."""
+    if limit and context_length > limit:
+        raise ValueError(f"context_length is {context_length} but this motion module's position encoding covers "
+                         f"{limit} frames; use a context_length of at most {limit}")
+
+
+def context_window_length(model):
+    """Frames per window of the MODEL's context handler (ours or the stock one), or None without one."""
+    return getattr(model.model_options.get("context_handler"), "context_length", None)

@@ -1,0 +1,171 @@
+"""Context windows: denoise a video longer than the motion module's window as overlapping windows of frames.
+
+Window schedules and fuse weights follow ComfyUI's `comfy/context_windows.py` (after animatediff-cli)
+number for number, so the host's handler and the plain loop in `denoise_windowed` can be checked against
+each other. A window is a list of frame indices; a schedule returns the windows of one sampling step.
+"""
+
+import math
+
+import torch
+
+SCHEDULES = ("standard_uniform", "looped_uniform", "standard_static", "batched")
+FUSE_METHODS = ("pyramid", "flat", "overlap-linear", "relative")
+
+
+def ordered_halving(step):
+    """Bit-reversed fraction of `step` in [0, 1): 0, 1/2, 1/4, 3/4, ... shifts uniform windows per step."""
+    return int(f"{step:064b}"[::-1], 2) / (1 << 64)
+
+
+def looped_uniform_windows(num_frames, length, overlap, step=0, stride=1, closed_loop=False):
+    """Windows of `length` frames every `length - overlap`, offset per step, wrapping past the last frame."""
+    if num_frames < length:
+        return [list(range(num_frames))]
+    strides = min(stride, math.ceil(math.log2(num_frames / length)) + 1)
+    offset = ordered_halving(step)
+    pad = int(round(num_frames * offset))
+    end = num_frames + pad + (0 if closed_loop else -overlap)
+    windows = []
+    for spacing in (1 << s for s in range(strides)):
+        for start in range(int(offset * spacing) + pad, end, length * spacing - overlap):
+            windows.append([i % num_frames for i in range(start, start + length * spacing, spacing)])
+    return windows
+
+
+def _wraps_at(window, num_frames):
+    """Position where a window wraps around to the first frames, or None."""
+    values = [i % num_frames for i in window]
+    return next((p for p in range(1, len(values)) if values[p] < values[p - 1]), None)
+
+
+def _shifted_to_end(window, num_frames):
+    """The window's frame pattern moved so that it ends on the last frame."""
+    relative = [(i - window[0] + num_frames) % num_frames for i in window]
+    return [i + num_frames - relative[-1] - 1 for i in relative]
+
+
+def standard_uniform_windows(num_frames, length, overlap, step=0, stride=1):
+    """Uniform windows that never wrap: a wrapping window moves to the end, the frames it left get their own."""
+    if num_frames <= length:
+        return [list(range(num_frames))]
+    windows = looped_uniform_windows(num_frames, length, overlap, step, stride)
+    i = 0
+    while i < len(windows):
+        wrap = _wraps_at(windows[i], num_frames)
+        if wrap is not None:
+            first_wrapped = windows[i][wrap]
+            windows[i] = _shifted_to_end(windows[i], num_frames)
+            if first_wrapped not in windows[(i + 1) % len(windows)]:
+                windows.insert(i + 1, list(range(first_wrapped, first_wrapped + length)))
+        i += 1
+    return [w for i, w in enumerate(windows) if w not in windows[:i]]
+
+
+def static_windows(num_frames, length, overlap):
+    """The same windows at every step, `length - overlap` apart; the last one ends on the last frame."""
+    if num_frames <= length:
+        return [list(range(num_frames))]
+    windows = []
+    for start in range(0, num_frames, length - overlap):
+        if start + length >= num_frames:
+            windows.append(list(range(num_frames - length, num_frames)))
+            break
+        windows.append(list(range(start, start + length)))
+    return windows
+
+
+def batched_windows(num_frames, length):
+    """Consecutive windows without overlap; the last one may be shorter."""
+    return [list(range(start, min(start + length, num_frames))) for start in range(0, max(num_frames, 1), length)]
+
+
+def context_windows(schedule, num_frames, length, overlap, step=0, stride=1, closed_loop=False):
+    """The windows of sampling step `step` under the named schedule."""
+    if schedule == "standard_uniform":
+        return standard_uniform_windows(num_frames, length, overlap, step, stride)
+    if schedule == "looped_uniform":
+        return looped_uniform_windows(num_frames, length, overlap, step, stride, closed_loop)
+    if schedule == "standard_static":
+        return static_windows(num_frames, length, overlap)
+    if schedule == "batched":
+        return batched_windows(num_frames, length)
+    raise ValueError(f"unknown context schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
+
+
+def pyramid_weights(length):
+    """1, 2, ..., peak, ..., 2, 1: frames near a window's middle count most (FreeNoise's weighted average)."""
+    half = list(range(1, (length + 1) // 2 + 1))
+    return torch.tensor(half + half[::-1][length % 2:], dtype=torch.float32)
+
+
+def overlap_linear_weights(window, num_frames, overlap):
+    """1 inside, a linear ramp over the overlap at each edge that borders another window."""
+    weights = torch.ones(len(window))
+    if overlap == 0:
+        return weights
+    if min(window) > 0:
+        weights[:overlap] = torch.linspace(1e-37, 1, overlap)
+    if max(window) < num_frames - 1:
+        weights[-overlap:] = torch.linspace(1, 1e-37, overlap)
+    return weights
+
+
+def relative_weights(window):
+    """Closeness of each frame to the window's centre, from its first and last index (at least 0.01)."""
+    centre, half = (window[0] + window[-1]) / 2, (window[-1] - window[0] + 1e-2) / 2
+    return torch.tensor([max(1e-2, 1 - abs(i - centre) / half) for i in window], dtype=torch.float32)
+
+
+def fuse_weights(method, window, num_frames, overlap):
+    """Per-frame weights of one window's result in the fused average."""
+    if method == "flat":
+        return torch.ones(len(window))
+    if method == "pyramid":
+        return pyramid_weights(len(window))
+    if method == "overlap-linear":
+        return overlap_linear_weights(window, num_frames, overlap)
+    if method == "relative":
+        return relative_weights(window)
+    raise ValueError(f"unknown fuse method {method!r}; expected one of {', '.join(FUSE_METHODS)}")
+
+
+def nearest_step(sigmas, sigma):
+    """Index of the schedule sigma closest to `sigma` (one noise level for all frames of the batch)."""
+    return int((sigmas - sigma.flatten()[0].to(sigmas)).abs().argmin())
+
+
+def stack_windows(windows, per_call):
+    """Groups consecutive windows of equal length, at most `per_call` a group, to run in one model call."""
+    groups = []
+    for window in windows:
+        if groups and len(groups[-1]) < per_call and len(groups[-1][0]) == len(window):
+            groups[-1].append(window)
+        else:
+            groups.append([window])
+    return groups
+
+
+def freenoise(noise, length, overlap, generator):
+    """FreeNoise initial noise (Qiu et al. 2023): each further block of `length - overlap` frames repeats,
+    shuffled, the noise of the block one window earlier, so every frame reuses a frame of the first window."""
+    stride = length - overlap
+    if stride <= 0:
+        raise ValueError(f"context overlap {overlap} must be smaller than the context length {length}")
+    noise = noise.clone()
+    for start in range(length, noise.shape[0], stride):
+        count = min(stride, noise.shape[0] - start)
+        source = torch.randperm(stride, generator=generator)[:count] + start - length
+        noise[start:start + count] = noise[source.to(noise.device)]
+    return noise
+
+
+def denoise_windowed(denoiser, x, sigma, windows, weights):
+    """Runs `denoiser(x[window], sigma)` window by window and averages the results per frame with `weights`."""
+    fused = torch.zeros_like(x)
+    total = x.new_zeros(x.shape[0])
+    for window, weight in zip(windows, weights):
+        weight = weight.to(x)
+        fused[window] += denoiser(x[window], sigma) * weight.view(-1, *[1] * (x.ndim - 1))
+        total[window] += weight
+    return fused / total.view(-1, *[1] * (x.ndim - 1))

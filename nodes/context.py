@@ -1,0 +1,75 @@
+"""The context-options node: sample videos longer than the motion module's window in overlapping windows."""
+
+from comfy_api.latest import io
+
+from ..lightning_core import context
+from . import host
+from .motion import CATEGORY
+
+SCHEDULE_TOOLTIP = ("How frames are cut into windows. standard_uniform: windows every context_length - "
+                    "context_overlap frames, shifted at each step so that seams do not stay in place; "
+                    "looped_uniform: the same, wrapping around the end (for loops); standard_static: the same "
+                    "windows at every step; batched: no overlap (fastest, visible seams).")
+FUSE_TOOLTIP = ("How the windows' results are averaged where they overlap. pyramid: frames near a window's "
+                "middle count most; flat: all alike; overlap-linear: linear cross-fade over the overlap; "
+                "relative: by distance to the window's centre.")
+
+
+def check_context_options(model, context_length, context_overlap, fuse_method):
+    """Fails early, naming the parameter, on windows the motion module or the schedule cannot use."""
+    limit = host.motion_settings(model).get("position_encoding_length")
+    if limit and context_length > limit:
+        raise ValueError(f"context_length is {context_length} but this motion module's position encoding covers "
+                         f"{limit} frames; use a context_length of at most {limit} (16 is what it was trained on)")
+    if context_overlap >= context_length:
+        raise ValueError(f"context_overlap is {context_overlap} but must be smaller than context_length "
+                         f"({context_length}), or the windows would not advance")
+    if fuse_method == "overlap-linear" and context_overlap == 0:
+        raise ValueError("fuse_method overlap-linear cross-fades over the overlap: set context_overlap to at "
+                         "least 1, or use fuse_method flat")
+
+
+class ContextOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADL_ContextOptions",
+            display_name="AnimateDiff-Lightning Context Options",
+            category=CATEGORY,
+            description="Lets a video be longer than the motion module's window (16 frames as trained, at most "
+                        "24 or 32): each step denoises overlapping windows of frames and averages them. Put it "
+                        "between Apply AnimateDiff Motion Module and the sampler.",
+            inputs=[
+                io.Model.Input("model", tooltip="A model with a motion module applied."),
+                io.Int.Input("context_length", default=16, min=1, max=128,
+                             tooltip="Frames per window: 16, what AnimateDiff was trained on, is best; at most the "
+                                     "module's position encoding (32 for v2/v3/Lightning, 24 for v1)."),
+                io.Int.Input("context_overlap", default=4, min=0, max=127,
+                             tooltip="Frames shared by neighbouring windows; more overlap gives smoother "
+                                     "transitions and costs more windows. Must be below context_length."),
+                io.Combo.Input("schedule", options=list(context.SCHEDULES), default="standard_uniform",
+                               tooltip=SCHEDULE_TOOLTIP),
+                io.Combo.Input("fuse_method", options=list(context.FUSE_METHODS), default="pyramid",
+                               tooltip=FUSE_TOOLTIP),
+                io.Int.Input("windows_per_batch", default=1, min=0, max=64,
+                             tooltip="Windows evaluated together in one UNet call: more is faster on a GPU with "
+                                     "memory to spare and uses more memory; 0 fits as many as the free memory "
+                                     "allows. The result is the same."),
+                io.Boolean.Input("freenoise", default=False,
+                                 tooltip="FreeNoise initial noise: frames after the first window reuse the first "
+                                         "window's noise, shuffled window by window, for a more consistent video."),
+                io.Boolean.Input("closed_loop", default=False,
+                                 tooltip="With looped_uniform: windows also span the end and the start, so the "
+                                         "video loops seamlessly. Ignored by the other schedules."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model, sampled in context windows by any sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, context_length, context_overlap, schedule, fuse_method, windows_per_batch, freenoise,
+                closed_loop) -> io.NodeOutput:
+        check_context_options(model, context_length, context_overlap, fuse_method)
+        handler = host.LightningContextHandler(schedule, fuse_method, context_length, context_overlap,
+                                               closed_loop=closed_loop, windows_per_batch=windows_per_batch,
+                                               freenoise=freenoise)
+        return io.NodeOutput(host.with_context_windows(model, handler))

@@ -1,0 +1,69 @@
+"""Prompt travel: a schedule of keyframe prompts becomes one CONDITIONING with an embedding per frame."""
+
+import torch
+from comfy_api.latest import io
+
+from ..lightning_core import prompt_schedule
+from .motion import CATEGORY
+
+SCHEDULE_EXAMPLE = "0: a cat walking in a garden\n16: a dog running in a garden\n"
+
+
+def full_prompt(pre_text, prompt, app_text):
+    """The text actually encoded: the non-empty parts joined with ', '."""
+    return ", ".join(part.strip() for part in (pre_text, prompt, app_text) if part and part.strip())
+
+
+def encode(clip, text):
+    """(cond [1, tokens, dim], pooled [1, dim] or None), exactly as CLIPTextEncode encodes `text`."""
+    encoded = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    if len(encoded) != 1:  # CLIP hook keyframes give one cond per step range; a frame schedule cannot hold them
+        raise ValueError("the prompt schedule does not support a CLIP with scheduled hooks; remove the hook keyframes")
+    [[cond, extras]] = encoded
+    return cond, extras.get("pooled_output")
+
+
+def schedule_conditioning(clip, text, frames, pre_text="", app_text=""):
+    """A one-entry CONDITIONING whose cond is [frames, tokens, dim] (and pooled_output [frames, dim])."""
+    keyframes = prompt_schedule.parse_schedule(text, frames)
+    texts = [full_prompt(pre_text, prompt, app_text) for _, prompt in keyframes]
+    encoded = {text: encode(clip, text) for text in dict.fromkeys(texts)}  # each distinct prompt once
+    conds, pooled = zip(*(encoded[text] for text in texts))
+    positions = [frame for frame, _ in keyframes]
+    cond = prompt_schedule.interpolate(torch.cat(prompt_schedule.match_token_length(conds)), positions, frames)
+    extras = {}
+    if all(p is not None for p in pooled):
+        extras["pooled_output"] = prompt_schedule.interpolate(torch.cat(pooled), positions, frames)
+    return [[cond, extras]]
+
+
+class PromptSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADL_PromptSchedule",
+            display_name="AnimateDiff-Lightning Prompt Schedule",
+            category=CATEGORY,
+            description="Prompt travel: keyframe prompts (`FRAME: prompt`, one per line) interpolated per frame in "
+                        "CLIP embedding space; each frame of the latent batch gets its own prompt embedding.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP model used for encoding the prompts."),
+                io.String.Input("text", multiline=True, default=SCHEDULE_EXAMPLE,
+                                tooltip="One keyframe per line, `FRAME: prompt` (frame 0 is the first); frames between "
+                                        "keyframes blend the two prompts linearly, frames after the last keyframe "
+                                        "keep it. `\"16\": \"prompt\",` lines and # comments work too."),
+                io.Int.Input("frames", default=16, min=1, max=100000,
+                             tooltip="The video length in frames: set equal to the latent batch_size."),
+                io.String.Input("pre_text", optional=True, multiline=True, default="",
+                                tooltip="Put before every prompt (joined with ', '), e.g. the style or subject."),
+                io.String.Input("app_text", optional=True, multiline=True, default="",
+                                tooltip="Put after every prompt (joined with ', '), e.g. quality tags."),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="Per-frame conditioning: cond [frames, 77, 768].")],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, frames, pre_text="", app_text="") -> io.NodeOutput:
+        if clip is None:
+            raise ValueError("clip input is invalid: None (the checkpoint has no text encoder)")
+        return io.NodeOutput(schedule_conditioning(clip, text, frames, pre_text, app_text))
