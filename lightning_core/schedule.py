@@ -82,6 +82,19 @@ def get_sigmas_trailing(n, device="cpu"):
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float().to(device)
 
 
+def denoise_steps(n, denoise):
+    """Steps a partial denoise runs: int(n * denoise), as diffusers' img2img/video2video `get_timesteps`."""
+    return min(int(n * denoise), n)
+
+
+def get_sigmas_trailing_denoise(n, denoise, device="cpu"):
+    """The last int(n * denoise) steps of the n-step trailing sigmas, so that a partial denoise starts at a
+    timestep the n-step model was distilled on (4 steps, denoise 0.75: 749, 499, 249); empty when none is kept."""
+    kept = denoise_steps(n, denoise)
+    sigmas = get_sigmas_trailing(n, device)
+    return sigmas[n - kept:] if kept else sigmas[:0]
+
+
 def add_noise(x0, noise, sigma):
     """Noises a clean sample to level sigma in the variance-exploding parameterization."""
     return x0 + noise * sigma

@@ -2,10 +2,21 @@
 
 from comfy_api.latest import ComfyExtension
 
+from .context import ContextOptions
+from .control import PREPROCESSORS
 from .motion import ApplyMotionModule, LoadMotionModule, MotionLoraLoader
+from .prompt import PromptSchedule
 from .sampling import LightningKSampler, LightningSampler, LightningScheduler
+from .vae import VAEDecodeChunked, VAEEncodeChunked
+from .video import LoadVideo, LoadVideoLatent, SaveVideo
 
-NODES = [LoadMotionModule, MotionLoraLoader, ApplyMotionModule, LightningScheduler, LightningSampler, LightningKSampler]
+NODES = [
+    LoadMotionModule, MotionLoraLoader, ApplyMotionModule,  # motion module
+    LightningScheduler, LightningSampler, LightningKSampler,  # sampling
+    ContextOptions, PromptSchedule,  # long video
+    LoadVideo, LoadVideoLatent, SaveVideo, VAEEncodeChunked, VAEDecodeChunked,  # video in and out
+    *PREPROCESSORS,  # control images for ControlNet
+]
 
 
 class AnimateDiffLightningExtension(ComfyExtension):

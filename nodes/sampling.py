@@ -7,11 +7,14 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..lightning_core import sampling, schedule
-from . import host
+from . import control, host
 from .motion import CATEGORY
 
 STEPS_TOOLTIP = ("Sampling steps; 0 takes the step count the loaded Lightning file was distilled for "
                  "(4 for a file without one). Lightning files work best at their own step count.")
+DENOISE_TOOLTIP = ("1 samples from pure noise. Below 1 (video-to-video) noises the input latent to one of the file's "
+                   "own timesteps and runs the last int(steps x denoise) steps: 4 steps at 0.75 run 749, 499, 249; "
+                   "0.5 runs 499, 249; 0.25 runs 249; below 1/steps (and 0) returns the input unchanged.")
 
 
 def resolve_steps(model, steps):
@@ -27,21 +30,39 @@ def resolve_steps(model, steps):
 
 
 def lightning_sigmas(model, steps, denoise=1.0):
-    """Trailing-timestep Euler sigmas; for denoise < 1 the tail of a longer schedule, as in img2img."""
+    """(steps run, sigmas): the trailing-timestep Euler sigmas; denoise < 1 keeps the last int(steps * denoise)
+    of them, so partial denoising starts at a timestep the file was distilled on (as diffusers' video2video)."""
     steps = resolve_steps(model, steps)
-    if denoise <= 0.0:
-        return steps, schedule.get_sigmas_trailing(1)[:0]
-    total = int(steps / denoise)
-    return steps, schedule.get_sigmas_trailing(total)[-(steps + 1):]
+    sigmas = schedule.get_sigmas_trailing_denoise(steps, denoise)
+    if denoise > 0.0 and len(sigmas) == 0:
+        host.log.warning("denoise %.3f keeps none of the %d trailing steps (the smallest that runs one is %.3f); "
+                         "the input latent is returned unchanged", denoise, steps, 1.0 / steps)
+    return max(len(sigmas) - 1, 0), sigmas
 
 
 def check_frame_count(model, latent):
-    """Fails early, naming the parameter, when the batch (frame count) is longer than the position encoding."""
+    """Fails early, naming the parameter, on an empty batch or on more frames than the position encoding
+    covers at once (without context windows) or per window (with them)."""
     limit = host.motion_settings(model).get("position_encoding_length")
     frames = latent["samples"].shape[0]
-    if limit and frames > limit:
+    window = host.context_window_length(model)
+    if frames == 0:
+        raise ValueError("latent batch_size is 0 frames; a video needs at least one frame")
+    if window:
+        host.check_context_length(window, limit)
+    if limit and frames > limit and not window:
         raise ValueError(f"latent batch_size is {frames} frames but this motion module's position encoding covers "
-                         f"{limit}; use at most {limit} frames")
+                         f"{limit}; use at most {limit} frames, or AnimateDiff-Lightning Context Options for more")
+
+
+def check_prompt_frames(frames, *conditionings):
+    """Refuses a per-frame CONDITIONING (prompt travel) made for another frame count, which the host would silently
+    cut or repeat to the batch."""
+    for conditioning in conditionings:
+        for cond, _ in conditioning or ():
+            if cond.shape[0] not in (1, frames):
+                raise ValueError(f"the prompt conditioning has {cond.shape[0]} frames (e.g. Prompt Schedule's frames) "
+                                 f"but latent_image has {frames}; set them equal")
 
 
 class LightningScheduler(io.ComfyNode):
@@ -55,8 +76,7 @@ class LightningScheduler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A model with a motion module applied (its step count is read from it)."),
                 io.Int.Input("steps", default=0, min=0, max=1000, tooltip=STEPS_TOOLTIP),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Below 1 starts from a partly noised input latent (video-to-video)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=DENOISE_TOOLTIP),
             ],
             outputs=[io.Sigmas.Output()],
         )
@@ -102,8 +122,7 @@ class LightningKSampler(io.ComfyNode):
                                        "second UNet pass per step and uses the negative prompt."),
                 io.Conditioning.Input("positive", tooltip="The prompt (CLIP Text Encode); one for all frames."),
                 io.Latent.Input("latent_image", tooltip="One latent per frame, e.g. Empty Latent Image with batch_size 16."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Below 1 keeps part of the input latent (video-to-video)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=DENOISE_TOOLTIP),
                 io.Conditioning.Input("negative", optional=True, tooltip="Used only when cfg is not 1."),
             ],
             outputs=[io.Latent.Output()],
@@ -114,6 +133,8 @@ class LightningKSampler(io.ComfyNode):
         if negative is None and cfg != 1.0:
             raise ValueError(f"cfg is {cfg}: connect a negative prompt, or set cfg to 1")
         check_frame_count(model, latent_image)
+        control.check_control_frames(latent_image["samples"].shape[0], positive, negative)
+        check_prompt_frames(latent_image["samples"].shape[0], positive, negative)
         steps, sigmas = lightning_sigmas(model, steps, denoise)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])

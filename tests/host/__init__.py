@@ -10,7 +10,7 @@ from .comfy_server import REPO_ROOT, ComfyError, ComfyServer, PromptRejected, Re
 
 PACKAGE_DIR_NAME = "ComfyUI-AnimateDiff-Lightning"  # as users clone it into custom_nodes/
 REPO_ROOT_INIT = REPO_ROOT / "__init__.py"  # what ComfyUI imports as our package
-MODEL_DIRS = ("checkpoints", "animatediff_models", "animatediff_motion_lora", "vae", "loras")
+MODEL_DIRS = ("checkpoints", "animatediff_models", "animatediff_motion_lora", "vae", "loras", "controlnet")
 
 
 def outputs_of(result: Result, node_id: str | int) -> dict:

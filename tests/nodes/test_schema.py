@@ -4,7 +4,10 @@ from host import PACKAGE_DIR_NAME
 
 PREFIX, CATEGORY = "ADL_", "AnimateDiff-Lightning"
 NODE_IDS = {"ADL_LoadMotionModule", "ADL_MotionLoraLoader", "ADL_ApplyMotionModule", "ADL_LightningScheduler",
-            "ADL_LightningSampler", "ADL_LightningKSampler"}
+            "ADL_LightningSampler", "ADL_LightningKSampler",
+            "ADL_ContextOptions", "ADL_PromptSchedule", "ADL_VAEDecodeChunked", "ADL_VAEEncodeChunked",
+            "ADL_LoadVideo", "ADL_LoadVideoLatent", "ADL_SaveVideo",
+            "ADL_CannyPreprocessor", "ADL_SoftEdgePreprocessor", "ADL_GrayscalePreprocessor", "ADL_TilePreprocessor"}
 
 
 def test_every_node_is_registered_under_one_prefix_and_category(comfy):
