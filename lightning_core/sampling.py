@@ -26,6 +26,27 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
     return x
 
 
+@torch.no_grad()
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """DPM-Solver++(2M) (Lu et al. 2023, Algorithm 2): multistep second order in log-SNR, first order at both ends."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    lam = lambda sigma: -sigma.log()  # half log-SNR; -log(0) = inf makes the last step land on `denoised`
+    old_denoised = None
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        h = lam(sigmas[i + 1]) - lam(sigmas[i])
+        estimate = denoised
+        if old_denoised is not None and sigmas[i + 1] > 0:
+            r = (lam(sigmas[i]) - lam(sigmas[i - 1])) / h
+            estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+        x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * estimate
+        old_denoised = denoised
+    return x
+
+
 class EpsDenoiser(torch.nn.Module):
     """Wraps an epsilon-prediction network `eps(x_in, t, **kw)` as a denoiser on sigmas (k-diffusion's DiscreteEpsDDPMDenoiser)."""
 

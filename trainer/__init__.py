@@ -1,0 +1,1 @@
+"""Headless AnimateDiff-Lightning distillation trainer (`python -m trainer`); never imports ComfyUI or diffusers."""
