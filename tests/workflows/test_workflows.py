@@ -38,7 +38,7 @@ def ui_to_api(ui, object_info):
 
 def test_every_api_workflow_has_a_ui_twin():
     assert [p.name for p in API_FILES] == sorted(p.name for p in WORKFLOWS.glob("*.json"))
-    assert {p.name for p in API_FILES} == {f"animatediff_lightning_{n}step_t2v.json" for n in (1, 2, 4, 8)}
+    assert {f"animatediff_lightning_{n}step_t2v.json" for n in (1, 2, 4, 8)} <= {p.name for p in API_FILES}
 
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
@@ -49,8 +49,8 @@ def test_ui_twin_matches_api(comfy, api_file):
     assert converted == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
 
 
-@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
-def test_api_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, api_file):
+@pytest.mark.parametrize("api_file", [p for p in API_FILES if "_v2v_" not in p.name], ids=lambda p: p.stem)
+def test_api_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, api_file):  # v2v: test_v2v_workflows.py
     prompt = json.loads(api_file.read_text())
     by_class = {node["class_type"]: node["inputs"] for node in prompt.values()}
     # Official file names, random stand-in weights; 64x64 keeps the run short on CPU.
