@@ -126,7 +126,21 @@ def _stream(chunks, planned, chunk):
         progress.update(1)
 
 
-class LoadVideo(io.ComfyNode):
+class _VideoFileNode(io.ComfyNode):
+    """A loader of a video in the input folder: its inputs are checked when queued, and it re-runs when the file changes."""
+
+    @classmethod
+    def validate_inputs(cls, file, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
+                        select_every_nth):
+        return _check(file, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
+                      select_every_nth)
+
+    @classmethod
+    def fingerprint_inputs(cls, file, **_):
+        return _fingerprint(file)
+
+
+class LoadVideo(_VideoFileNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -141,16 +155,6 @@ class LoadVideo(io.ComfyNode):
             outputs=[io.Image.Output(display_name="IMAGE"), io.Int.Output(display_name="frame_count"),
                      io.Float.Output(display_name="fps")],
         )
-
-    @classmethod
-    def validate_inputs(cls, file, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
-                        select_every_nth):
-        return _check(file, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
-                      select_every_nth)
-
-    @classmethod
-    def fingerprint_inputs(cls, file, **_):
-        return _fingerprint(file)
 
     @classmethod
     def execute(cls, file, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
@@ -169,7 +173,7 @@ class LoadVideo(io.ComfyNode):
         return io.NodeOutput(images, images.shape[0], fps)
 
 
-class LoadVideoLatent(io.ComfyNode):
+class LoadVideoLatent(_VideoFileNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -188,16 +192,6 @@ class LoadVideoLatent(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="LATENT"), io.Int.Output(display_name="frame_count"),
                      io.Float.Output(display_name="fps")],
         )
-
-    @classmethod
-    def validate_inputs(cls, file, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
-                        select_every_nth):
-        return _check(file, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
-                      select_every_nth)
-
-    @classmethod
-    def fingerprint_inputs(cls, file, **_):
-        return _fingerprint(file)
 
     @classmethod
     def execute(cls, file, vae, force_rate, force_width, force_height, frame_load_cap, skip_first_frames,
