@@ -19,12 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer import shards
+from trainer.shards import DTYPES
 from trainer.data import VIDEO_KINDS, DataError, Skip, index_dataset, sample_rng
 
 log = logging.getLogger("trainer.cache")
 
 SHARD_PREFIX = "cache"
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass

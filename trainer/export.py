@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from lightning_core import formats
+from trainer.shards import DTYPES
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def export_paths(out_dir, steps: int) -> dict[str, Path]:

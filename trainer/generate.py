@@ -29,12 +29,12 @@ from tqdm.auto import tqdm
 
 from lightning_core import sampling, schedule
 from trainer import shards
+from trainer.shards import DTYPES
 from trainer.data import DataError
 
 log = logging.getLogger("trainer.generate")
 
 SHARD_PREFIX = "clips"
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass

@@ -18,6 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 MANIFEST_GLOB = "manifest-*.jsonl"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+"""Storage dtypes the trainer writes tensors in (shards, caches, exports), by their config names."""
 
 
 def shard_name(prefix: str, number: int) -> str:
