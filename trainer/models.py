@@ -35,6 +35,14 @@ def flow_indices(cfg: Config) -> list[int]:
     return [distinct.index(r.base) for r in cfg.ranks]
 
 
+def flow_names(cfg: Config) -> list[str]:
+    """A name per flow for the metrics: the ranks table's `name` of its first entry, else its base file's stem."""
+    names = {}
+    for flow, entry in zip(flow_indices(cfg), cfg.ranks):
+        names.setdefault(flow, entry.name or Path(entry.base).stem)
+    return [names[f] for f in sorted(names)]
+
+
 def write_tiny_models(cfg: Config, rank: int) -> None:
     """Tiny CPU recipe: rank 0 writes every missing base (seed = flow index) and a tiny random teacher."""
     if rank == 0:
