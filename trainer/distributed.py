@@ -128,6 +128,11 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def ranks_where(flag: bool, device) -> list[int]:
+    """The ranks on which flag is True (the same list on every rank)."""
+    return [r for r, v in enumerate(gather_floats(1.0 if flag else 0.0, device)) if v]
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every rank when flag is True on any rank (e.g. a non-finite loss)."""
     if not dist.is_initialized():

@@ -37,11 +37,12 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_core import losses
-from trainer import checkpoint, distill, distributed
+from trainer import checkpoint, distill, distributed, memory
 from trainer.config import Config, StageConfig, check, config_digest, dump_toml, rank_config, to_dict
 from trainer.data import ClipLoader, build_loader
 from trainer.discriminator import Discriminator
 from trainer.export import export_student
+from trainer.memory import MemoryPlanError
 from trainer.models import RankModels, flow_names, load_rank_models, motion_from_state, write_tiny_models
 
 PER_BASE_KEYS = ("loss_g", "loss_d", "d_accuracy")
@@ -178,6 +179,9 @@ def setup(cfg: Config, info: distributed.DistInfo) -> Run:
     base_dtype = torch.bfloat16 if device.type == "cuda" and cfg.run.mixed_precision == "bf16" else torch.float32
     models = load_rank_models(cfg, rank, device, base_dtype)
     base = models.base
+    check_memory(cfg, info, models)
+    if offload_teacher(cfg, device):
+        models.teacher.to("cpu")
     base.unet.gradient_checkpointing = cfg.run.gradient_checkpointing
     unet = torch.compile(base.unet) if cfg.run.compile else base.unet
     distributed.broadcast_parameters(models.student)  # equal already (same file); makes it explicit
@@ -217,13 +221,53 @@ def resume(run: Run, allow_changed=()) -> tuple[Progress, dict | None]:
     return progress, shared
 
 
+def check_memory(cfg: Config, info: distributed.DistInfo, models: RankModels) -> None:
+    """Prints the per-GPU memory plan (rank 0) and stops every rank when any rank's plan exceeds its device."""
+    base, device = models.base, info.device
+    cuda_bf16 = device.type == "cuda" and cfg.run.mixed_precision == "bf16"
+    plan = memory.plan(base.unet, base.vae, base.text_encoder, models.teacher, cfg, models.num_flows, cuda_bf16)
+    if info.is_master:
+        print(f"memory plan per GPU (rank 0's base model):\n{plan.table()}")
+    limit, where = memory.device_limit(cfg, device)
+    error = None
+    try:
+        memory.check(plan, limit, where)
+    except MemoryPlanError as e:
+        error = e
+    over = distributed.ranks_where(error is not None, device)
+    if error is not None:
+        raise error
+    if over:
+        raise MemoryPlanError(f"the memory plan of rank{'s' if len(over) > 1 else ''} {_rank_list(over)} exceeds "
+                              f"its device (the message of that rank has the table)")
+
+
+def offload_teacher(cfg: Config, device: torch.device) -> bool:
+    """run.teacher_offload on a GPU: the frozen teacher lives in CPU memory and visits the GPU for its forwards."""
+    return cfg.run.teacher_offload and device.type == "cuda"
+
+
+@contextlib.contextmanager
+def teacher_on_device(run: Run, teacher: torch.nn.Module):
+    """The teacher on the training device for the duration of the block (a no-op unless offloaded)."""
+    if not offload_teacher(run.cfg, run.device):
+        yield teacher
+        return
+    teacher.to(run.device)
+    try:
+        yield teacher
+    finally:
+        teacher.to("cpu")
+
+
 # ----------------------------------------------------------------------------- one stage
 
 def start_stage(run: Run, progress: Progress, resumed: dict | None) -> Stage:
     """The stage's teacher, a fresh Adam for the student and, if adversarial, a fresh D and its Adam."""
     cfg, stage_cfg = run.cfg, run.cfg.stages[progress.stage]
     student_params = [p for p in run.models.student.parameters() if p.requires_grad]
-    stage = Stage(progress.stage, stage_cfg, teacher_for(stage_cfg, progress.distilled, run.models, run.device),
+    teacher_device = torch.device("cpu") if offload_teacher(cfg, run.device) else run.device
+    stage = Stage(progress.stage, stage_cfg, teacher_for(stage_cfg, progress.distilled, run.models, teacher_device),
                   student_params, _adam(student_params, cfg, stage_cfg))
     if stage.adversarial:
         stage.d = build_discriminator(cfg, run.models, stage.index, stage_cfg.discriminator == "conditional",
@@ -328,9 +372,9 @@ def g_phase(run: Run, stage: Stage) -> tuple[float, list]:
         plan = distill.plan_timesteps(u0, s.teacher_steps, s.student_steps).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         x_t = distill.add_noise(x0, noise, plan[:, 0], alpha_bar)
+        with amp, teacher_on_device(run, stage.teacher) as teacher:
+            target = distill.teacher_solve(run.unet, teacher, x_t, plan, context, run.uncond, s.cfg_scale, alpha_bar)
         with amp:
-            target = distill.teacher_solve(run.unet, stage.teacher, x_t, plan, context, run.uncond, s.cfg_scale,
-                                           alpha_bar)
             fake = distill.student_jump(run.unet, run.models.student, x_t, plan, context, alpha_bar)
             if d is not None:
                 t_d, d_noise = distill.sample_d_noise(plan[:, -1], x0.shape, s.d_noise_timesteps, s.d_noise_weights,
