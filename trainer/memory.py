@@ -182,11 +182,13 @@ def plan(unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, teacher: Moti
                            size=cfg.data.size, num_flows=num_flows, conditional=conditional,
                            adversarial=bool(adversarial), checkpointing=cfg.run.gradient_checkpointing,
                            element_size=2 if cuda_bf16 else 4)
+    # Offloaded, the teachers visit the GPU only for their no-grad forwards, before the activations peak.
     offload = cfg.run.teacher_offload and cuda_bf16
+    teacher, where = (0, ", offloaded to CPU") if offload else (motion, "")
     rows = [(f"base model ({'bf16' if cuda_bf16 else 'fp32'}: UNet, VAE, CLIP text)", base),
-            ("teacher motion module (fp32)" + (", offloaded: held during its forwards" if offload else ""), motion)]
+            (f"teacher motion module (fp32{where})", teacher)]
     if distilled_teachers:
-        rows.append(("distilled teacher of later stages (fp32)", motion))
+        rows.append((f"distilled teacher of later stages (fp32{where})", teacher))
     rows += [("student motion module (fp32)", motion), ("student gradients (fp32)", motion),
              ("student Adam states (2 x fp32)", 2 * motion)]
     if adversarial:
@@ -235,5 +237,6 @@ if __name__ == "__main__":
     for label, stages in (("MSE stage (128 -> 32)", paper_stages()[:1]), ("adversarial stages", paper_stages()[1:])):
         run_cfg = copy.deepcopy(config)
         run_cfg.stages = stages
-        print(f"{label}, batch {run_cfg.optim.batch_size} x {run_cfg.data.frames} x {run_cfg.data.size}^2:")
+        print(f"{label}, run.gradient_checkpointing = {str(run_cfg.run.gradient_checkpointing).lower()}, "
+              f"run.teacher_offload = {str(run_cfg.run.teacher_offload).lower()}:")
         print(full_size_plan(run_cfg).table())
