@@ -150,8 +150,13 @@ def train(cfg: Config, info: distributed.DistInfo, allow_changed=()) -> dict:
             else:
                 end_stage(run, progress, stage)
             del stage
-    finally:
+    except BaseException:
+        with contextlib.suppress(checkpoint.CheckpointError):  # report the first error, not a failed save after it
+            run.writer.wait()
+        raise
+    else:
         run.writer.wait()  # the checkpoint rank 0 is still writing completes before the run ends
+    finally:
         log.close()
     return last
 
