@@ -6,7 +6,7 @@ rate repeats or drops source frames: output frame k shows the source frame on sc
 The selection then counts frames of that resampled stream, in VideoHelperSuite's order:
 skip_first_frames, then select_every_nth, then frame_load_cap.
 
-Files are decoded with opencv (its wheels bundle FFmpeg); a stock ComfyUI VIDEO is decoded with PyAV, as
+Files are decoded with opencv (its wheels bundle FFmpeg; imported on first use, see requirements.py); a stock ComfyUI VIDEO is decoded with PyAV, as
 ComfyUI itself does. MP4 is written with PyAV (H.264; MPEG-4 part 2 where the build lacks an H.264
 encoder), animated WEBP and GIF with Pillow.
 """
@@ -18,10 +18,11 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
+
+from .requirements import opencv
 
 log = logging.getLogger("animatediff_lightning")
 
@@ -122,6 +123,7 @@ def fit(frame, size):
         return frame
     scale = max(target_width / width, target_height / height)
     scaled = (max(target_width, round(width * scale)), max(target_height, round(height * scale)))
+    cv2 = opencv("resizing video frames (force_width / force_height)")
     frame = cv2.resize(frame, scaled, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     left, top = (scaled[0] - target_width) // 2, (scaled[1] - target_height) // 2
     return frame[top:top + target_height, left:left + target_width]
@@ -140,6 +142,7 @@ def _open(path):
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise VideoError(f"video file not found: '{path}'")
+    cv2 = opencv("reading video files")
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened() or capture.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0:
         capture.release()
@@ -148,6 +151,7 @@ def _open(path):
 
 
 def _info(capture, name):
+    cv2 = opencv("reading video files")
     fps = capture.get(cv2.CAP_PROP_FPS)
     if not fps or not math.isfinite(fps) or fps <= 0:
         log.warning("'%s' reports no frame rate; assuming %g fps", name, DEFAULT_FPS)
@@ -169,6 +173,7 @@ def probe(path):
 
 def _capture_frames(capture, plan, size, name, codec):
     """Yields each planned RGB frame of an opened capture as often as planned; dropped ones are never converted."""
+    cv2 = opencv("reading video files")
     for index, copies in enumerate(plan):
         if not capture.grab():
             if index == 0:

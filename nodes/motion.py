@@ -6,9 +6,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..lightning_core import formats
-from . import host
+from . import host, menu
 
-CATEGORY = "AnimateDiff-Lightning"
 MOTION_FOLDER = "animatediff_models"
 LORA_FOLDER = "animatediff_motion_lora"
 
@@ -35,8 +34,8 @@ class LoadMotionModule(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LoadMotionModule",
-            display_name="Load AnimateDiff Motion Module",
-            category=CATEGORY,
+            display_name=menu.title("Load Motion Module"),
+            category=menu.MOTION_MODULE,
             description="Loads an AnimateDiff-Lightning (1/2/4/8-step), AnimateDiff v1/v2/v3 or AnimateLCM motion module.",
             inputs=[io.Combo.Input("model_name", options=folder_paths.get_filename_list(MOTION_FOLDER),
                                    tooltip="A file in models/animatediff_models, e.g. "
@@ -60,8 +59,8 @@ class MotionLoraLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_MotionLoraLoader",
-            display_name="Load Motion LoRA",
-            category=CATEGORY,
+            display_name=menu.title("Load Motion LoRA"),
+            category=menu.MOTION_MODULE,
             description="Adds a motion LoRA (e.g. the AnimateDiff v2 camera LoRAs) to a chain applied with the motion module.",
             inputs=[
                 io.Combo.Input("lora_name", options=folder_paths.get_filename_list(LORA_FOLDER),
@@ -94,13 +93,13 @@ class ApplyMotionModule(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_ApplyMotionModule",
-            display_name="Apply AnimateDiff Motion Module",
-            category=CATEGORY,
+            display_name=menu.title("Apply Motion Module"),
+            category=menu.MOTION_MODULE,
             description="Returns a copy of the model with the motion module inserted and the AnimateDiff noise "
                         "schedule set; the input model is left untouched. Each latent in the batch is one frame.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5-family checkpoint."),
-                MotionModuleType.Input("motion_module", tooltip="From Load AnimateDiff Motion Module."),
+                MotionModuleType.Input("motion_module", tooltip="From Load Motion Module (AnimateDiff-Lightning)."),
                 MotionLoraType.Input("motion_lora", optional=True, tooltip="Motion LoRAs to merge into the module."),
                 io.Float.Input("effect", default=1.0, min=0.0, max=2.0, step=0.01,
                                tooltip="How much of each motion layer's output is added: 1 as trained, 0 no motion."),
@@ -118,3 +117,6 @@ class ApplyMotionModule(io.ComfyNode):
                     "position_encoding_length": motion_module.info.position_encoding_length,
                     "effect": effect, "motion_scale": motion_scale}
         return io.NodeOutput(host.inject_motion_module(model, motion_set, settings))
+
+
+NODES = [LoadMotionModule, MotionLoraLoader, ApplyMotionModule]

@@ -4,7 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..lightning_core import prompt_schedule
-from .motion import CATEGORY
+from . import menu
 
 SCHEDULE_EXAMPLE = "0: a cat walking in a garden\n16: a dog running in a garden\n"
 
@@ -42,8 +42,8 @@ class PromptSchedule(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_PromptSchedule",
-            display_name="AnimateDiff-Lightning Prompt Schedule",
-            category=CATEGORY,
+            display_name=menu.title("Prompt Travel Schedule"),
+            category=menu.LONG_VIDEO,
             description="Prompt travel: keyframe prompts (`FRAME: prompt`, one per line) interpolated per frame in "
                         "CLIP embedding space; each frame of the latent batch gets its own prompt embedding.",
             inputs=[
@@ -67,3 +67,6 @@ class PromptSchedule(io.ComfyNode):
         if clip is None:
             raise ValueError("clip input is invalid: None (the checkpoint has no text encoder)")
         return io.NodeOutput(schedule_conditioning(clip, text, frames, pre_text, app_text))
+
+
+NODES = [PromptSchedule]

@@ -7,8 +7,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..lightning_core import sampling, schedule
-from . import control, host
-from .motion import CATEGORY
+from . import control, host, menu
 
 STEPS_TOOLTIP = ("Sampling steps; 0 takes the step count the loaded Lightning file was distilled for "
                  "(4 for a file without one). Lightning files work best at their own step count.")
@@ -52,7 +51,7 @@ def check_frame_count(model, latent):
         host.check_context_length(window, limit)
     if limit and frames > limit and not window:
         raise ValueError(f"latent batch_size is {frames} frames but this motion module's position encoding covers "
-                         f"{limit}; use at most {limit} frames, or AnimateDiff-Lightning Context Options for more")
+                         f"{limit}; use at most {limit} frames, or Context Windows (AnimateDiff-Lightning) for more")
 
 
 def check_prompt_frames(frames, *conditionings):
@@ -61,8 +60,8 @@ def check_prompt_frames(frames, *conditionings):
     for conditioning in conditionings:
         for cond, _ in conditioning or ():
             if cond.shape[0] not in (1, frames):
-                raise ValueError(f"the prompt conditioning has {cond.shape[0]} frames (e.g. Prompt Schedule's frames) "
-                                 f"but latent_image has {frames}; set them equal")
+                raise ValueError(f"the prompt conditioning has {cond.shape[0]} frames (e.g. the Prompt Travel Schedule's "
+                                 f"frames) but latent_image has {frames}; set them equal")
 
 
 class LightningScheduler(io.ComfyNode):
@@ -70,8 +69,8 @@ class LightningScheduler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LightningScheduler",
-            display_name="AnimateDiff-Lightning Scheduler",
-            category=CATEGORY,
+            display_name=menu.title("Lightning Scheduler"),
+            category=menu.SAMPLING,
             description="Euler sigmas at the trailing timesteps Lightning was distilled on (4 steps: 999, 749, 499, 249).",
             inputs=[
                 io.Model.Input("model", tooltip="A model with a motion module applied (its step count is read from it)."),
@@ -91,8 +90,8 @@ class LightningSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LightningSampler",
-            display_name="AnimateDiff-Lightning Euler Sampler",
-            category=CATEGORY,
+            display_name=menu.title("Lightning Euler"),
+            category=menu.SAMPLING,
             description="The deterministic Euler sampler Lightning is distilled for, for SamplerCustom(Advanced).",
             inputs=[],
             outputs=[io.Sampler.Output()],
@@ -108,8 +107,8 @@ class LightningKSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LightningKSampler",
-            display_name="AnimateDiff-Lightning Sampler",
-            category=CATEGORY,
+            display_name=menu.title("Lightning KSampler"),
+            category=menu.SAMPLING,
             description="Samples a video with Lightning's defaults: the checkpoint's step count, Euler at trailing "
                         "timesteps, CFG 1 (the negative prompt is then not used).",
             inputs=[
@@ -145,3 +144,6 @@ class LightningKSampler(io.ComfyNode):
             positive if negative is None else negative, samples, noise_mask=latent.get("noise_mask"),
             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         return io.NodeOutput(latent)
+
+
+NODES = [LightningScheduler, LightningSampler, LightningKSampler]

@@ -15,7 +15,8 @@ import torch
 from comfy_api.latest import InputImpl, io, ui
 
 from ..lightning_core import video as core
-from .motion import CATEGORY
+from ..lightning_core.requirements import MissingPackage
+from . import menu
 
 
 def _input_videos():
@@ -65,7 +66,7 @@ def _check(file=None, force_rate=None, force_width=None, force_height=None, fram
             if not folder_paths.exists_annotated_filepath(file):
                 return f"video file '{file}' is not in the input folder {folder_paths.get_input_directory()}"
             core.probe(folder_paths.get_annotated_filepath(file))
-    except core.VideoError as e:
+    except (core.VideoError, MissingPackage) as e:  # shown when queued, before anything runs
         return str(e)
     return True
 
@@ -145,8 +146,8 @@ class LoadVideo(_VideoFileNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LoadVideo",
-            display_name="Load Video (AnimateDiff-Lightning)",
-            category=CATEGORY,
+            display_name=menu.title("Load Video File"),
+            category=menu.VIDEO,
             description="Loads video frames as IMAGE with frame rate, size and frame selection; returns the frame "
                         "count and the output frame rate (connect it to the save node to keep the timing).",
             inputs=[io.Combo.Input("file", options=_input_videos(), upload=io.UploadType.video, tooltip=FILE_TOOLTIP),
@@ -178,8 +179,8 @@ class LoadVideoLatent(_VideoFileNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LoadVideoLatent",
-            display_name="Load Video to Latent (AnimateDiff-Lightning)",
-            category=CATEGORY,
+            display_name=menu.title("Load Video File to Latent"),
+            category=menu.VIDEO,
             description="Decodes and VAE-encodes a video chunk by chunk straight to LATENT, so long videos never "
                         "sit in memory as full-size frames; same result as Load Video + VAE Encode.",
             inputs=[io.Combo.Input("file", options=_input_videos(), upload=io.UploadType.video, tooltip=FILE_TOOLTIP),
@@ -223,8 +224,8 @@ class SaveVideo(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_SaveVideo",
-            display_name="Save Video (AnimateDiff-Lightning)",
-            category=CATEGORY,
+            display_name=menu.title("Save Video MP4/WEBP/GIF"),
+            category=menu.VIDEO,
             description="Saves frames as an H.264 MP4, animated WEBP or GIF in the output folder, at the given "
                         "frame rate (connect the loader's fps to keep the source timing), with a preview.",
             inputs=[
@@ -258,3 +259,6 @@ class SaveVideo(io.ComfyNode):
             raise ValueError(str(e)) from None
         saved = [ui.SavedResult(file, subfolder, io.FolderType.output)]
         return io.NodeOutput(ui=ui.PreviewVideo(saved) if extension == "mp4" else ui.SavedImages(saved, True))
+
+
+NODES = [LoadVideo, LoadVideoLatent, SaveVideo]

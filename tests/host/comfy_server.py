@@ -81,7 +81,7 @@ class ComfyServer:
     # --- lifecycle ---------------------------------------------------------
     @classmethod
     def start(cls, base_dir: Path | str, port: int | None = None,
-              timeout: float = 120.0, extra_args: list[str] = ()) -> "ComfyServer":
+              timeout: float = 120.0, extra_args: list[str] = (), extra_env: dict | None = None) -> "ComfyServer":
         base_dir = Path(base_dir)
         port = port or free_port()
         if not (HOST_DIR / "main.py").is_file():
@@ -95,7 +95,7 @@ class ComfyServer:
                "--database-url", "sqlite:///:memory:", *extra_args]
         # No network here: a node that tries the Hugging Face hub fails at
         # once instead of hanging on retries.
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=HOST_DIR, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env)
