@@ -28,11 +28,22 @@ def resolve_steps(model, steps):
     return steps
 
 
+def lcm_sigmas(model, steps, denoise=1.0):
+    """The sigmas ComfyUI's KSampler gives an LCM model (sgm_uniform over its own schedule), cut like ours."""
+    full = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "sgm_uniform", steps).cpu()
+    kept = schedule.denoise_steps(steps, denoise)
+    return full[steps - kept:] if kept else full[:0]
+
+
 def lightning_sigmas(model, steps, denoise=1.0):
     """(steps run, sigmas): the trailing-timestep Euler sigmas; denoise < 1 keeps the last int(steps * denoise)
-    of them, so partial denoising starts at a timestep the file was distilled on (as diffusers' video2video)."""
+    of them, so partial denoising starts at a timestep the file was distilled on (as diffusers' video2video).
+    A model on AnimateLCM's schedule gets the sigmas the stock KSampler's lcm + sgm_uniform run."""
     steps = resolve_steps(model, steps)
-    sigmas = schedule.get_sigmas_trailing_denoise(steps, denoise)
+    if host.is_lcm_sampling(model):
+        sigmas = lcm_sigmas(model, steps, denoise)
+    else:
+        sigmas = schedule.get_sigmas_trailing_denoise(steps, denoise)
     if denoise > 0.0 and len(sigmas) == 0:
         host.log.warning("denoise %.3f keeps none of the %d trailing steps (the smallest that runs one is %.3f); "
                          "the input latent is returned unchanged", denoise, steps, 1.0 / steps)
@@ -139,8 +150,11 @@ class LightningKSampler(io.ComfyNode):
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
         callback = latent_preview.prepare_callback(model, steps)
+        # AnimateLCM's schedule samples with LCM's own sampler, as the stock KSampler's `lcm` does
+        sampler = (comfy.samplers.sampler_object("lcm") if host.is_lcm_sampling(model)
+                   else comfy.samplers.KSAMPLER(sampling.sample_euler))
         latent["samples"] = comfy.sample.sample_custom(
-            model, noise, cfg, comfy.samplers.KSAMPLER(sampling.sample_euler), sigmas, positive,
+            model, noise, cfg, sampler, sigmas, positive,
             positive if negative is None else negative, samples, noise_mask=latent.get("noise_mask"),
             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         return io.NodeOutput(latent)
