@@ -6,9 +6,10 @@ rate repeats or drops source frames: output frame k shows the source frame on sc
 The selection then counts frames of that resampled stream, in VideoHelperSuite's order:
 skip_first_frames, then select_every_nth, then frame_load_cap.
 
-Files are decoded with opencv (its wheels bundle FFmpeg; imported on first use, see requirements.py); a stock ComfyUI VIDEO is decoded with PyAV, as
-ComfyUI itself does. MP4 is written with PyAV (H.264; MPEG-4 part 2 where the build lacks an H.264
-encoder), animated WEBP and GIF with Pillow.
+Files are decoded with opencv (its wheels bundle FFmpeg; imported on first use, see requirements.py); a
+stock ComfyUI VIDEO is decoded with PyAV, as ComfyUI itself does, and so is sound. MP4 is written with
+PyAV (H.264; MPEG-4 part 2 where the build lacks an H.264 encoder; AAC sound), animated WEBP and GIF with
+Pillow.
 """
 
 import itertools

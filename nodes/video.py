@@ -1,8 +1,9 @@
-"""Video nodes: a file from the input folder (or a stock VIDEO) to IMAGE frames or streamed to LATENT, and a
-save node for MP4, animated WEBP and GIF.
+"""Video nodes: a file from the input folder (or a stock VIDEO) to IMAGE frames or streamed to LATENT, with
+its sound as AUDIO, and a save node for MP4, animated WEBP and GIF.
 
 Stock Create Video + Save Video (H.264 MP4) and Save Animated WEBP serve too; our save node adds GIF, one
-node for the three formats, and frame times that keep a fractional frame rate.
+node for the three formats, CRF and pixel format, and frame times that keep a fractional frame rate. Like the
+stock savers it embeds the prompt and workflow (MP4 tags, WEBP EXIF) so the file drops back onto the canvas.
 """
 
 import json
@@ -183,7 +184,8 @@ class LoadVideo(_VideoFileNode):
                     *_selection_inputs(),
                     io.Video.Input("video", optional=True, tooltip=VIDEO_TOOLTIP)],
             outputs=[io.Image.Output(display_name="IMAGE"), io.Int.Output(display_name="frame_count"),
-                     io.Float.Output(display_name="fps"), io.Audio.Output(display_name="audio", tooltip=AUDIO_TOOLTIP)],
+                     io.Float.Output(display_name="fps"),
+                     io.Audio.Output(display_name="audio", tooltip=AUDIO_TOOLTIP)],
         )
 
     @classmethod
@@ -220,7 +222,8 @@ class LoadVideoLatent(_VideoFileNode):
                                          "uses less memory."),
                     io.Video.Input("video", optional=True, tooltip=VIDEO_TOOLTIP)],
             outputs=[io.Latent.Output(display_name="LATENT"), io.Int.Output(display_name="frame_count"),
-                     io.Float.Output(display_name="fps"), io.Audio.Output(display_name="audio", tooltip=AUDIO_TOOLTIP)],
+                     io.Float.Output(display_name="fps"),
+                     io.Audio.Output(display_name="audio", tooltip=AUDIO_TOOLTIP)],
         )
 
     @classmethod
