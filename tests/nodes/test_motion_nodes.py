@@ -173,13 +173,13 @@ def test_animatelcm_files_get_animatediff_evolveds_lcm_schedule(comfy, comfy_bas
         "beta_schedule": "animatediff"}}
     prompt["31"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["30", 0], "sampling": "lcm",
                                                                      "zsnr": False}}
-    stock = {"seed": 5, "steps": 4, "cfg": 1.0, "sampler_name": "lcm", "scheduler": "sgm_uniform",
+    stock = {"seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "lcm", "scheduler": "sgm_uniform",
              "positive": ["4", 0], "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}
     samplers = {"auto": {"class_type": "KSampler", "inputs": {**stock, "model": ["3", 0]}},
                 "evolved": {"class_type": "KSampler", "inputs": {**stock, "model": ["31", 0]}},
                 "animatediff": {"class_type": "KSampler", "inputs": {**stock, "model": ["30", 0]}},
                 "ours": {"class_type": "ADL_LightningKSampler", "inputs": {
-                    "model": ["3", 0], "seed": 5, "steps": 0, "cfg": 1.0, "positive": ["4", 0],
+                    "model": ["3", 0], "seed": 5, "steps": 2, "cfg": 1.0, "positive": ["4", 0],
                     "latent_image": ["5", 0], "denoise": 1.0}}}
     for i, (name, node) in enumerate(samplers.items()):
         prompt[f"4{i}"] = node
