@@ -80,7 +80,7 @@ def video_to_video(control, steps=4):
     video = {"force_rate": FPS, "force_width": 512, "force_height": 512, "frame_load_cap": 16,
              "skip_first_frames": 0, "select_every_nth": 1}
     video_widgets = ["file", *video]
-    video_outputs = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT")]
+    video_outputs = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT"), ("audio", "AUDIO")]
     if control == "canny":
         hint = (7, "ADL_CannyPreprocessor", {"images": (5, 0), "low_threshold": 100, "high_threshold": 200},
                 [("IMAGE", "IMAGE")], ["low_threshold", "high_threshold"])
