@@ -23,8 +23,9 @@ def motion_model(steps):
          [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], ["ckpt_name"]),
         (2, "ADL_LoadMotionModule", {"model_name": f"animatediff_lightning_{steps}step_comfyui.safetensors"},
          [("MOTION_MODULE", "ADL_MOTION_MODULE")], ["model_name"]),
-        (3, "ADL_ApplyMotionModule", {"model": (1, 0), "motion_module": (2, 0), "effect": 1.0, "motion_scale": 1.0},
-         [("MODEL", "MODEL")], ["effect", "motion_scale"]),
+        (3, "ADL_ApplyMotionModule", {"model": (1, 0), "motion_module": (2, 0), "effect": 1.0, "motion_scale": 1.0,
+                                      "beta_schedule": "auto"},
+         [("MODEL", "MODEL")], ["effect", "motion_scale", "beta_schedule"]),
     ]
 
 
@@ -79,7 +80,7 @@ def video_to_video(control, steps=4):
     video = {"force_rate": FPS, "force_width": 512, "force_height": 512, "frame_load_cap": 16,
              "skip_first_frames": 0, "select_every_nth": 1}
     video_widgets = ["file", *video]
-    video_outputs = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT")]
+    video_outputs = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT"), ("audio", "AUDIO")]
     if control == "canny":
         hint = (7, "ADL_CannyPreprocessor", {"images": (5, 0), "low_threshold": 100, "high_threshold": 200},
                 [("IMAGE", "IMAGE")], ["low_threshold", "high_threshold"])
