@@ -65,6 +65,8 @@ def comfy_packs_base(comfy_base, tmp_path_factory) -> Path:
     (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
     for name in PACKS:
         (base / "custom_nodes" / name).symlink_to(THIRD_PARTY / name, target_is_directory=True)
+    probe = Path(__file__).resolve().parent / "fixtures" / "pack_probe"  # a test-only recorder node
+    (base / "custom_nodes" / "adl_test_pack_probe").symlink_to(probe, target_is_directory=True)
     for name in ("ipadapter", "clip_vision"):  # the packs' folders; the plain server never lists them
         (comfy_base / "models" / name).mkdir(exist_ok=True)
     (base / "models").symlink_to(comfy_base / "models", target_is_directory=True)

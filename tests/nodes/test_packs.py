@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 
 import graphs
 from fixtures import packs
-from fixtures.controlnet import tiny_controlnet  # noqa: F401  (fixture)
+from fixtures.controlnet import TINY_CONTROLNET, tiny_controlnet  # noqa: F401  (fixture)
 from host import saved_files
-from lightning_core import schedule
+from lightning_core import context as windows, schedule
 
 MOTION_FILE = "animatediff_lightning_2step_comfyui.safetensors"
 IPADAPTER_FILE = "adl_tiny_ip-adapter_sd15.safetensors"
@@ -67,7 +67,7 @@ def pack_files(comfy_packs_base, write_motion, tiny_checkpoint, tiny_controlnet)
         packs.write_animated_png(inputs / f"adl_hints_{name}.png", hints[frames])
         packs.write_animated_png(inputs / f"adl_other_hints_{name}.png", other_hints[frames])
     packs.write_embeds(inputs / "adl_embeds_zero.ipadpt", torch.zeros(1, packs.CLIP_EMBED_DIM))
-    return {"controlnet": tiny_controlnet, "checkpoint": tiny_checkpoint}
+    return {"checkpoint": tiny_checkpoint}
 
 
 # Per-frame IPAdapter weights and Advanced-ControlNet latent keyframe strengths: 0 on some frames of every clip.
@@ -96,10 +96,13 @@ def context(prompt, name, model, schedule_name="standard_uniform", fuse="pyramid
     return [f"{name}_ctx", 0]
 
 
-def sample(prompt, name, model, frames, positive=("4", 0)):
-    """SamplerCustom from the saved noise of `frames` (no added noise), saved as tests/packs_{name}."""
-    prompt[f"{name}_noise"] = {"class_type": "LoadLatent", "inputs": {"latent": f"adl_noise_{clip_name(frames)}.latent"}}
-    prompt[f"{name}_sigmas"] = {"class_type": "ADL_LightningScheduler", "inputs": {"model": model, "steps": 0, "denoise": 1.0}}
+def sample(prompt, name, model, frames, positive=("4", 0), steps=0):
+    """SamplerCustom from the saved noise of `frames` (no added noise), saved as tests/packs_{name}; `steps` 0 is the
+    file's 2."""
+    prompt[f"{name}_noise"] = {"class_type": "LoadLatent",
+                               "inputs": {"latent": f"adl_noise_{clip_name(frames)}.latent"}}
+    prompt[f"{name}_sigmas"] = {"class_type": "ADL_LightningScheduler",
+                                "inputs": {"model": model, "steps": steps, "denoise": 1.0}}
     prompt[f"{name}_sample"] = {"class_type": "SamplerCustom", "inputs": {
         "model": model, "add_noise": False, "noise_seed": 0, "cfg": 1.0, "positive": list(positive),
         "negative": list(positive), "sampler": ["9", 0], "sigmas": [f"{name}_sigmas", 0],
@@ -110,8 +113,23 @@ def sample(prompt, name, model, frames, positive=("4", 0)):
 
 def run(comfy, base_dir, prompt, names):
     comfy.run(prompt, timeout=900).raise_for_error()
-    return {name: load_file(str(saved_files(base_dir, f"packs_{name}_*.latent")[-1]))["latent_tensor"]
+    return {name: load_file(str(saved_files(base_dir, f"packs_{name}_[0-9]*.latent")[-1]))["latent_tensor"]
             for name in names}
+
+
+def recorded(prompt, name, model, base_dir):
+    """The test-only recorder node (tests/fixtures/pack_probe) on `model`; returns its MODEL and the log path."""
+    path = base_dir / "output" / f"probe_{name}.jsonl"
+    path.unlink(missing_ok=True)
+    prompt[f"{name}_probe"] = {"class_type": "ADLTest_RecordIPAdapterFrames",
+                               "inputs": {"model": model, "path": str(path)}}
+    return [f"{name}_probe", 0], path
+
+
+def read_records(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def ipadapter(prompt, name, frames, embeds_frames=None):
@@ -133,7 +151,7 @@ def ipadapter(prompt, name, frames, embeds_frames=None):
 
 
 def stock_controlnet(prompt, name, positive, frames, hints="hints"):
-    prompt.setdefault("cn", {"class_type": "ControlNetLoader", "inputs": {"control_net_name": prompt["_files"]["controlnet"]}})
+    prompt.setdefault("cn", {"class_type": "ControlNetLoader", "inputs": {"control_net_name": TINY_CONTROLNET}})
     prompt[f"{name}_image"] = {"class_type": "LoadImage", "inputs": {"image": f"adl_{hints}_{clip_name(frames)}.png"}}
     prompt[f"{name}_apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
         "positive": list(positive), "negative": list(positive), "control_net": ["cn", 0],
@@ -142,8 +160,7 @@ def stock_controlnet(prompt, name, positive, frames, hints="hints"):
 
 
 def acn_controlnet(prompt, name, positive, frames, hints="hints", keyframes=False):
-    prompt.setdefault("acn", {"class_type": "ACN_ControlNetLoaderAdvanced",
-                              "inputs": {"cnet": prompt["_files"]["controlnet"]}})
+    prompt.setdefault("acn", {"class_type": "ACN_ControlNetLoaderAdvanced", "inputs": {"cnet": TINY_CONTROLNET}})
     prompt[f"{name}_image"] = {"class_type": "LoadImage", "inputs": {"image": f"adl_{hints}_{clip_name(frames)}.png"}}
     inputs = {"positive": list(positive), "negative": list(positive), "control_net": ["acn", 0],
               "image": [f"{name}_image", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}
@@ -153,11 +170,6 @@ def acn_controlnet(prompt, name, positive, frames, hints="hints", keyframes=Fals
         inputs["latent_kf_override"] = [f"{name}_kf", 0]
     prompt[f"{name}_apply"] = {"class_type": "ACN_AdvancedControlNetApply_v2", "inputs": inputs}
     return [f"{name}_apply", 0]
-
-
-def finish(prompt):
-    prompt.pop("_files", None)
-    return prompt
 
 
 def by_hand(results, name):
@@ -171,14 +183,30 @@ def test_ipadapter_gives_each_window_its_own_frames(comfy_packs, comfy_packs_bas
     every = list(range(FRAMES))
     model = ipadapter(prompt, "all", every)
     sample(prompt, "batched3", context(prompt, "batched3", model, "batched", "flat", 3), every)
-    sample(prompt, "uniform1", context(prompt, "uniform1", model), every)
-    sample(prompt, "uniform3", context(prompt, "uniform3", model, windows_per_batch=3), every)
+    logs, per_call = {}, {"uniform1": 1, "uniform3": 3}
+    for name in per_call:
+        watched, logs[name] = recorded(prompt, name, model, comfy_packs_base)
+        sample(prompt, name, context(prompt, name, watched, windows_per_batch=per_call[name]), every)
     for k, clip in enumerate(CLIPS):
-        sample(prompt, f"hand{k}", ipadapter(prompt, f"hand{k}", clip), clip)
+        watched, logs[f"hand{k}"] = recorded(prompt, f"hand{k}", ipadapter(prompt, f"hand{k}", clip), comfy_packs_base)
+        sample(prompt, f"hand{k}", watched, clip)
         if k:  # what a sampler that publishes no ad_params gives: every window the first window's frames
             sample(prompt, f"first{k}", ipadapter(prompt, f"first{k}", clip, embeds_frames=CLIPS[0]), clip)
     names = ["batched3", "uniform1", "uniform3", "hand0", "hand1", "hand2", "first1", "first2"]
     results = run(comfy_packs, comfy_packs_base, prompt, names)
+
+    # What the attention patch saw: in every call under windows, the image tokens of exactly the call's frames,
+    # in batch order (so three stacked windows get their three frame lists); without windows, no ad_params.
+    for name in ("uniform1", "uniform3"):
+        records = read_records(logs[name])
+        assert records and all(r["full_length"] == FRAMES and r["rows"] == r["sub_idxs"] for r in records), name
+        expected = {tuple(i for window in group for i in window) for step in range(2)
+                    for group in windows.stack_windows(windows.context_windows("standard_uniform", FRAMES, LENGTH,
+                                                                               OVERLAP, step), per_call[name])}
+        assert {tuple(r["sub_idxs"]) for r in records} == expected, name
+    for k, clip in enumerate(CLIPS):
+        records = read_records(logs[f"hand{k}"])
+        assert records and all(r["sub_idxs"] is None and r["rows"] == list(range(CLIP)) for r in records)
 
     reference = by_hand(results, "hand")
     assert_same(results["batched3"], reference, "three windows per call vs the clips by hand")
@@ -189,26 +217,29 @@ def test_ipadapter_gives_each_window_its_own_frames(comfy_packs, comfy_packs_bas
 
 def test_advanced_controlnet_hints_and_keyframes_per_window(comfy_packs, comfy_packs_base, pack_files):
     prompt = base_prompt(pack_files)
-    prompt["_files"] = pack_files
     every = list(range(FRAMES))
     positive = ("4", 0)
+    one_step = {"steps": 1}  # the first step's windows show the slicing; a second step would double the cost
     stacked = context(prompt, "stacked", ["3", 0], windows_per_batch=3)
     # Hints: Advanced-ControlNet (which slices by ad_params) chained with a stock ControlNet (which our handler
     # slices), in both orders, equals two stock ControlNets; windows 16/4, three per call.
-    sample(prompt, "stock", stacked, every, stock_controlnet(prompt, "stock", positive, every))
+    sample(prompt, "stock", stacked, every, stock_controlnet(prompt, "stock", positive, every), **one_step)
     both_stock = stock_controlnet(prompt, "s2", stock_controlnet(prompt, "s1", positive, every, "other_hints"), every)
-    sample(prompt, "stock_stock", stacked, every, both_stock)
+    sample(prompt, "stock_stock", stacked, every, both_stock, **one_step)
     acn_last = acn_controlnet(prompt, "a2", stock_controlnet(prompt, "a1", positive, every, "other_hints"), every)
-    sample(prompt, "stock_acn", stacked, every, acn_last)
+    sample(prompt, "stock_acn", stacked, every, acn_last, **one_step)
     stock_last = stock_controlnet(prompt, "b2", acn_controlnet(prompt, "b1", positive, every), every, "other_hints")
-    sample(prompt, "acn_stock", stacked, every, stock_last)
+    sample(prompt, "acn_stock", stacked, every, stock_last, **one_step)
     # Latent keyframes (strength 0 on some frames), three windows per call asked for: the clips by hand.
     batched = context(prompt, "batched", ["3", 0], "batched", "flat", 3)
-    sample(prompt, "kf_batched", batched, every, acn_controlnet(prompt, "kf", positive, every, keyframes=True))
+    keyed = acn_controlnet(prompt, "kf", positive, every, keyframes=True)
+    sample(prompt, "kf_batched", batched, every, keyed, **one_step)
     for k, clip in enumerate(CLIPS):
-        sample(prompt, f"kf_hand{k}", ["3", 0], clip, acn_controlnet(prompt, f"kfh{k}", positive, clip, keyframes=True))
-    names = ["stock", "stock_stock", "stock_acn", "acn_stock", "kf_batched", *[f"kf_hand{k}" for k in range(len(CLIPS))]]
-    results = run(comfy_packs, comfy_packs_base, finish(prompt), names)
+        keyed = acn_controlnet(prompt, f"kfh{k}", positive, clip, keyframes=True)
+        sample(prompt, f"kf_hand{k}", ["3", 0], clip, keyed, **one_step)
+    names = ["stock", "stock_stock", "stock_acn", "acn_stock", "kf_batched",
+             *[f"kf_hand{k}" for k in range(len(CLIPS))]]
+    results = run(comfy_packs, comfy_packs_base, prompt, names)
 
     assert_same(results["stock_acn"], results["stock_stock"], "stock then Advanced-ControlNet vs two stock")
     assert_same(results["acn_stock"], results["stock_stock"], "Advanced-ControlNet then stock vs two stock")
