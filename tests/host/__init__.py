@@ -53,10 +53,11 @@ def saved_files(base_dir: Path, pattern: str = "*") -> list[Path]:
     return sorted((p for p in out.rglob(pattern) if p.is_file()), key=lambda p: p.stat().st_mtime)
 
 
-def check_saved_video(base_dir: Path, result: Result, prompt: dict, frames: int, size: int) -> None:
+def check_saved_video(base_dir: Path, result: Result, prompt: dict, frames: int, size: int, fps=None) -> None:
     """The shipped workflows' two outputs: an animated WEBP of `frames` frames of size x size, and an H.264 MP4
-    with as many frames (nodes found by class in the API prompt)."""
+    with as many frames (at `fps` when given; nodes found by class in the API prompt)."""
     import av
+    import pytest
     from PIL import Image
 
     ids = {node["class_type"]: nid for nid, node in prompt.items()}
@@ -67,4 +68,5 @@ def check_saved_video(base_dir: Path, result: Result, prompt: dict, frames: int,
     with av.open(str(mp4)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
+        assert fps is None or float(stream.average_rate) == pytest.approx(fps)
         assert sum(1 for _ in container.decode(stream)) == frames
