@@ -117,22 +117,26 @@ class TilePreprocessor(io.ComfyNode):
 NODES = [CannyPreprocessor, SoftEdgePreprocessor, GrayscalePreprocessor, TilePreprocessor]
 
 
-def control_hint_frames(conditioning):
-    """Frame counts of every control image attached to a CONDITIONING (each ControlNet of each chain).
-
-    Reads what ControlNetApply* stores on ComfyUI's ControlBase: `cond_hint_original` [n, 3, H, W] and the
-    `previous_controlnet` link that chains several ControlNets.
-    """
-    counts, seen = [], set()
+def controls_of(conditioning):
+    """Every ControlNet attached to a CONDITIONING, each chain followed through `previous_controlnet`, each once."""
+    controls, seen = [], set()
     for _, options in conditioning or ():
         net = options.get("control")
         while net is not None and id(net) not in seen:
             seen.add(id(net))
-            hint = getattr(net, "cond_hint_original", None)
-            if hint is not None:
-                counts.append(int(hint.shape[0]))
+            controls.append(net)
             net = getattr(net, "previous_controlnet", None)
-    return counts
+    return controls
+
+
+def control_hint_frames(conditioning):
+    """Frame counts of every control image attached to a CONDITIONING (each ControlNet of each chain).
+
+    Reads what ControlNetApply* stores on ComfyUI's ControlBase: `cond_hint_original` [n, 3, H, W]. Advanced-
+    ControlNet's SparseCtrl (`sparse_settings`) takes a few hint images spread over the video, so it is not counted.
+    """
+    return [int(net.cond_hint_original.shape[0]) for net in controls_of(conditioning)
+            if getattr(net, "cond_hint_original", None) is not None and getattr(net, "sparse_settings", None) is None]
 
 
 def check_control_frames(frames, *conditionings):

@@ -193,6 +193,11 @@ class LightningContextHandler(comfy.context_windows.IndexListContextHandler):
     Added to the host's handler: one sigma per step (`set_step`), per-frame conds and ControlNet/T2I hints
     cut to each window's frames, the motion module told the window length, progress and interrupt between
     model calls. `windows_per_batch` 0 stacks as many windows as the free memory allows.
+
+    Each model call also publishes `transformer_options["ad_params"]` as AnimateDiff-Evolved does, so that
+    IPAdapter_plus and Advanced-ControlNet cut their per-frame inputs to the call's frames (`_ad_params`).
+    Advanced-ControlNet's latent keyframes and SparseCtrl read `sub_idxs` as one window, so conds that hold
+    them are evaluated one window per call (`_needs_one_window_per_call`); the result is the same.
     """
 
     def __init__(self, schedule_name, fuse_method, context_length, context_overlap, closed_loop=False,
@@ -217,10 +222,13 @@ class LightningContextHandler(comfy.context_windows.IndexListContextHandler):
 
     def execute(self, calc_cond_batch, model, conds, x_in, timestep, model_options):
         self._chunks = max(1, sum(cond is not None for cond in conds))
+        self._one_window_per_call = any(_needs_one_window_per_call(control) for control in _controls(conds))
         return super().execute(calc_cond_batch, model, conds, x_in, timestep, model_options)
 
     def windows_per_call(self, model, x_in):
         """`windows_per_batch`, or for 0 as many windows as fit in free memory as the host sizes its batches."""
+        if getattr(self, "_one_window_per_call", False):
+            return 1
         if self.windows_per_batch:
             return self.windows_per_batch
         required = model.memory_required([self._chunks * self.context_length, *x_in.shape[1:]])
@@ -259,7 +267,8 @@ class LightningContextHandler(comfy.context_windows.IndexListContextHandler):
             sub_x = stacked.get_tensor(x_in, device)
             sub_timestep = stacked.get_tensor(timestep, device, dim=0)
             sub_conds = [self.get_resized_cond(cond, x_in, stacked, device) for cond in conds]
-            with _motion_window(model_options, stacked.context_length), _window_hints(conds, stacked, x_in.size(0)):
+            with (_motion_window(model_options, stacked.context_length), _window_hints(conds, stacked, x_in.size(0)),
+                  _ad_params(model_options, stacked, x_in.size(0))):
                 outputs = calc_cond_batch(model, sub_conds, sub_x, sub_timestep, model_options)
             length = stacked.context_length
             for k, window in enumerate(stacked.windows):
@@ -295,17 +304,62 @@ def _controls(conds):
     return list(found.values())
 
 
+def _reads_ad_params(control):
+    """Whether a control cuts its own per-frame inputs by `ad_params` (Advanced-ControlNet's, which it
+    recognises by the same `sub_idxs` attribute); such a control owns its hints and `_window_hints` skips it."""
+    return hasattr(control, "sub_idxs")
+
+
+def _needs_one_window_per_call(control):
+    """Whether an Advanced-ControlNet control reads `sub_idxs` as a single window: SparseCtrl (its motion
+    module spans the call, its hints are placed by the window's first and last frame) and latent keyframes
+    (each frame index is mapped to one position in the call, so a frame shared by two stacked windows is
+    counted once)."""
+    if not _reads_ad_params(control):
+        return False
+    if getattr(control, "sparse_settings", None) is not None:
+        return True
+    if getattr(control, "latent_keyframe_override", None) is not None:
+        return True
+    keyframes = getattr(getattr(control, "timestep_keyframes", None), "keyframes", None) or []
+    return any(getattr(keyframe, "latent_keyframes", None) is not None for keyframe in keyframes)
+
+
+@contextmanager
+def _ad_params(model_options, stacked, frames):
+    """Publishes AnimateDiff-Evolved's `ad_params` for one model call and removes it afterwards.
+
+    `full_length`: frames of the whole video. `sub_idxs`: the video frames of this call, in the order of the
+    call's batch: for stacked windows the windows' frame lists one after another (so a frame in two windows
+    appears twice), which is what a pack indexing its per-frame tensors with it needs. `context_length`: frames
+    of one window (equal to len(sub_idxs) for one window per call, as in AnimateDiff-Evolved).
+    """
+    options = model_options["transformer_options"]
+    previous = options.get("ad_params")
+    options["ad_params"] = {"full_length": frames, "context_length": stacked.context_length,
+                            "sub_idxs": list(stacked.index_list)}
+    try:
+        yield
+    finally:
+        if previous is None:
+            options.pop("ad_params", None)
+        else:
+            options["ad_params"] = previous
+
+
 @contextmanager
 def _window_hints(conds, window, frames):
     """For one model call, gives each control that has one hint image per frame only the window's images.
 
     The host hands every window the whole hint batch, of which a control uses the first frames. Clearing
-    `cond_hint` makes the control resize (and a T2I adapter re-encode) the images it now holds.
+    `cond_hint` makes the control resize (and a T2I adapter re-encode) the images it now holds. Controls that
+    cut their hints by `ad_params` themselves (Advanced-ControlNet) are left whole, or they would cut twice.
     """
     swapped = []
     for control in _controls(conds):
         hint = control.cond_hint_original
-        if isinstance(hint, torch.Tensor) and frames > 1 and hint.shape[0] == frames:
+        if (isinstance(hint, torch.Tensor) and frames > 1 and hint.shape[0] == frames
+                and not _reads_ad_params(control)):
             swapped.append((control, hint))
             control.cond_hint_original, control.cond_hint = window.get_tensor(hint), None
     try:

@@ -138,6 +138,41 @@ def long_video(kind, steps=4, frames=64):
     ]
 
 
+IPADAPTER_FILE = "ip-adapter_sd15.safetensors"
+IPADAPTER_CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+IPADAPTER_PROMPT = "a woman walking through a city park in autumn, falling leaves, cinematic lighting, masterpiece"
+
+
+def ipadapter_long_video(steps=4, frames=64):
+    """64 frames in context windows of 16 (overlap 4) that all follow one reference image (input/reference.png)
+    through IPAdapter_plus (IPAdapter Advanced with the SD1.5 IPAdapter and its ViT-H image encoder).
+
+    Needs ComfyUI_IPAdapter_plus installed beside this package (docs/packs.md). The IPAdapter patches the model
+    before the context options, so every window sees the reference, as with AnimateDiff-Evolved.
+    """
+    options = {"context_length": 16, "context_overlap": 4, "schedule": "standard_uniform", "fuse_method": "pyramid",
+               "windows_per_batch": 1, "freenoise": False, "closed_loop": False}
+    ipadapter = {"weight": 0.8, "weight_type": "linear", "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
+                 "embeds_scaling": "V only"}
+    return [
+        *motion_model(steps),
+        (4, "IPAdapterModelLoader", {"ipadapter_file": IPADAPTER_FILE}, [("IPADAPTER", "IPADAPTER")],
+         ["ipadapter_file"]),
+        (5, "CLIPVisionLoader", {"clip_name": IPADAPTER_CLIP_VISION}, [("CLIP_VISION", "CLIP_VISION")], ["clip_name"]),
+        (6, "LoadImage", {"image": "reference.png"}, [("IMAGE", "IMAGE"), ("MASK", "MASK")], ["image"]),
+        (7, "IPAdapterAdvanced", {"model": (3, 0), "ipadapter": (4, 0), "image": (6, 0), **ipadapter,
+                                  "clip_vision": (5, 0)},
+         [("MODEL", "MODEL")], list(ipadapter)),
+        (8, "ADL_ContextOptions", {"model": (7, 0), **options}, [("MODEL", "MODEL")], list(options)),
+        (9, "CLIPTextEncode", {"text": IPADAPTER_PROMPT, "clip": (1, 1)}, [("CONDITIONING", "CONDITIONING")], ["text"]),
+        empty_latent(10, frames),
+        sampler(11, (8, 0), (9, 0), (10, 0), steps),
+        (12, "ADL_VAEDecodeChunked", {"samples": (11, 0), "vae": (1, 2), "frames_per_chunk": 16},
+         [("IMAGE", "IMAGE")], ["frames_per_chunk"]),
+        *save_video(13, (12, 0), f"AnimateDiff-Lightning/t2v_ipadapter_long_{steps}step"),
+    ]
+
+
 def is_link(value):
     return isinstance(value, tuple)
 
@@ -403,6 +438,7 @@ def graphs():
     named.update({f"animatediff_lightning_4step_v2v_{control}.json": video_to_video(control)
                   for control in V2V_CONTROLNETS})
     named.update({f"animatediff_lightning_4step_t2v_{kind}.json": long_video(kind) for kind in ("travel", "long", "loop")})
+    named["animatediff_lightning_4step_t2v_ipadapter_long.json"] = ipadapter_long_video()
     return named
 
 

@@ -47,11 +47,58 @@ def comfy(comfy_base) -> ComfyServer:
     print(f"\nComfyUI stopped; log: {server.log_path}")
 
 
+THIRD_PARTY = REPO_ROOT.parent / "shared" / "third_party"
+PACKS = ("ComfyUI_IPAdapter_plus", "ComfyUI-Advanced-ControlNet")  # unmodified snapshots, see its README
+PACK_NODES = ("IPAdapterModelLoader", "ACN_AdvancedControlNetApply_v2")  # one node each, to prove they loaded
+
+
+@pytest.fixture(scope="session")
+def comfy_packs_base(comfy_base, tmp_path_factory) -> Path:
+    """A second --base-directory: this repo plus IPAdapter_plus and Advanced-ControlNet from ../shared/third_party
+    (symlinks, nothing copied), sharing comfy_base's models folder so the model fixtures serve both servers."""
+    missing = [name for name in PACKS if not (THIRD_PARTY / name).is_dir()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not found in {THIRD_PARTY}: the tests with the real node packs need "
+                    f"../shared/third_party beside the checkout, as CI lays it out")
+    base = tmp_path_factory.mktemp("comfy_packs_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    for name in PACKS:
+        (base / "custom_nodes" / name).symlink_to(THIRD_PARTY / name, target_is_directory=True)
+    probe = Path(__file__).resolve().parent / "fixtures" / "pack_probe"  # a test-only recorder node
+    (base / "custom_nodes" / "adl_test_pack_probe").symlink_to(probe, target_is_directory=True)
+    for name in ("ipadapter", "clip_vision"):  # the packs' folders; the plain server never lists them
+        (comfy_base / "models" / name).mkdir(exist_ok=True)
+    (base / "models").symlink_to(comfy_base / "models", target_is_directory=True)
+    (base / "input").mkdir()
+    (base / "output").mkdir()
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy_packs(comfy_packs_base) -> ComfyServer:
+    """A real ComfyUI server with the two packs installed beside this package (the plain `comfy` stays as it is)."""
+    t0 = time.monotonic()
+    server = ComfyServer.start(comfy_packs_base)
+    try:
+        info = server.object_info()
+        lost = [name for name in PACK_NODES if name not in info]
+        assert not lost, f"the packs did not load (no {lost}):\n{server.log_tail(120)}"
+    except BaseException:
+        server.stop()
+        raise
+    print(f"\nComfyUI with IPAdapter_plus and Advanced-ControlNet up on {server.url} in "
+          f"{time.monotonic() - t0:.1f}s; log: {server.log_path}")
+    yield server
+    server.stop()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     # A failing test that used the server gets the server's log tail in its report.
     report = yield
-    server = getattr(item, "funcargs", {}).get("comfy")
+    funcargs = getattr(item, "funcargs", {})
+    server = funcargs.get("comfy") or funcargs.get("comfy_packs")
     if report.failed and isinstance(server, ComfyServer):
         report.sections.append((f"ComfyUI log tail ({server.log_path})", server.log_tail()))
     return report

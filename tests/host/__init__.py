@@ -13,6 +13,16 @@ REPO_ROOT_INIT = REPO_ROOT / "__init__.py"  # what ComfyUI imports as our packag
 MODEL_DIRS = ("checkpoints", "animatediff_models", "animatediff_motion_lora", "vae", "loras", "controlnet")
 
 
+def uses_node_packs(workflow: Path) -> bool:
+    """Whether a workflow file (UI or API format) uses IPAdapter_plus or Advanced-ControlNet nodes, and so runs in
+    the server that has them installed (`comfy_packs`) rather than the plain one."""
+    import json
+
+    data = json.loads(Path(workflow).read_text())
+    types = [node["type"] for node in data["nodes"]] if "nodes" in data else [n["class_type"] for n in data.values()]
+    return any(t.startswith(("IPAdapter", "ACN_")) for t in types)
+
+
 def outputs_of(result: Result, node_id: str | int) -> dict:
     """The UI output of one node, e.g. {"images": [{"filename", "subfolder", "type"}]}."""
     result.raise_for_error()
@@ -41,3 +51,22 @@ def saved_files(base_dir: Path, pattern: str = "*") -> list[Path]:
     """All files under the base dir's output/ matching a glob, oldest first."""
     out = Path(base_dir) / "output"
     return sorted((p for p in out.rglob(pattern) if p.is_file()), key=lambda p: p.stat().st_mtime)
+
+
+def check_saved_video(base_dir: Path, result: Result, prompt: dict, frames: int, size: int, fps=None) -> None:
+    """The shipped workflows' two outputs: an animated WEBP of `frames` frames of size x size, and an H.264 MP4
+    with as many frames (at `fps` when given; nodes found by class in the API prompt)."""
+    import av
+    import pytest
+    from PIL import Image
+
+    ids = {node["class_type"]: nid for nid, node in prompt.items()}
+    [webp] = output_files(base_dir, result, ids["SaveAnimatedWEBP"])
+    with Image.open(webp) as image:
+        assert image.n_frames == frames and image.size == (size, size)
+    [mp4] = output_files(base_dir, result, ids["SaveVideo"])
+    with av.open(str(mp4)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert fps is None or float(stream.average_rate) == pytest.approx(fps)
+        assert sum(1 for _ in container.decode(stream)) == frames

@@ -175,7 +175,10 @@ class ComfyServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             # ComfyUI writes the history entry only once the prompt is done.
-            entry = self._get(f"/history/{prompt_id}").get(prompt_id)
+            try:
+                entry = self._get(f"/history/{prompt_id}").get(prompt_id)
+            except requests.Timeout:  # a busy server on a loaded machine answers late; the deadline still holds
+                continue
             if entry and entry.get("status"):
                 return Result(prompt_id, entry["status"], entry.get("outputs", {}))
             if self.proc.poll() is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from host import uses_node_packs
 from host.frontend import open_frontend
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
@@ -20,6 +21,17 @@ def frontend(comfy):
     """One browser page for the module, on the session's server."""
     with open_frontend(comfy.url) as page:
         yield page
+
+
+@pytest.fixture(scope="module")
+def packs_frontend(comfy_packs):
+    """A page on the server with IPAdapter_plus and Advanced-ControlNet, for the workflows that use them."""
+    with open_frontend(comfy_packs.url) as page:
+        yield page
+
+
+def page_for(request, ui_file):
+    return request.getfixturevalue("packs_frontend" if uses_node_packs(ui_file) else "frontend")
 
 
 def load(frontend, ui_file):
@@ -40,14 +52,16 @@ def as_numbers(value):
 
 
 @pytest.mark.parametrize("ui_file", UI_FILES, ids=lambda p: p.stem)
-def test_frontend_knows_every_node_type(frontend, ui_file):
+def test_frontend_knows_every_node_type(request, ui_file):
+    frontend = page_for(request, ui_file)
     _, missing = load(frontend, ui_file)
     assert missing == []
     assert frontend.unregistered_node_types() == []
 
 
 @pytest.mark.parametrize("ui_file", UI_FILES, ids=lambda p: p.stem)
-def test_frontend_prompt_is_the_api_file(frontend, ui_file):
+def test_frontend_prompt_is_the_api_file(request, ui_file):
+    frontend = page_for(request, ui_file)
     load(frontend, ui_file)
     prompt = frontend.graph_to_prompt()
     api = json.loads((WORKFLOWS / "api" / ui_file.name).read_text())
@@ -55,7 +69,8 @@ def test_frontend_prompt_is_the_api_file(frontend, ui_file):
 
 
 @pytest.mark.parametrize("ui_file", UI_FILES, ids=lambda p: p.stem)
-def test_frontend_layout_reads_left_to_right(frontend, ui_file):
+def test_frontend_layout_reads_left_to_right(request, ui_file):
+    frontend = page_for(request, ui_file)
     workflow, _ = load(frontend, ui_file)
     boxes = frontend.node_boxes()  # as the frontend sized them, titles included
     for link_id, source, _, target, _, _ in workflow["links"]:

@@ -8,12 +8,10 @@ are checked with every other workflow in test_workflows.py.
 import json
 from pathlib import Path
 
-import av
 import pytest
-from PIL import Image
 
 from fixtures.controlnet import tiny_controlnet, write_source_video  # noqa: F401 (fixture)
-from host import output_files
+from host import check_saved_video
 
 API_DIR = Path(__file__).resolve().parents[2] / "workflows" / "api"
 V2V_FILES = sorted(API_DIR.glob("*_v2v_*.json"))
@@ -51,12 +49,4 @@ def test_v2v_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, tin
 
     result = comfy.run(prompt, timeout=600).raise_for_error()
 
-    ids = {node["class_type"]: nid for nid, node in prompt.items()}
-    [webp] = output_files(comfy_base, result, ids["SaveAnimatedWEBP"])
-    with Image.open(webp) as image:
-        assert image.n_frames == frames and image.size == (SIZE, SIZE)
-    [mp4] = output_files(comfy_base, result, ids["SaveVideo"])
-    with av.open(str(mp4)) as container:
-        stream = container.streams.video[0]
-        assert stream.codec_context.name == "h264" and float(stream.average_rate) == pytest.approx(fps)  # the forced rate
-        assert sum(1 for _ in container.decode(stream)) == frames
+    check_saved_video(comfy_base, result, prompt, frames, SIZE, fps)  # at the forced rate

@@ -3,11 +3,9 @@
 import json
 from pathlib import Path
 
-import av
 import pytest
-from PIL import Image
 
-from host import output_files
+from host import check_saved_video, uses_node_packs
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -42,15 +40,18 @@ def test_every_api_workflow_has_a_ui_twin():
 
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
-def test_ui_twin_matches_api(comfy, api_file):
+def test_ui_twin_matches_api(request, api_file):
+    server = request.getfixturevalue("comfy_packs" if uses_node_packs(api_file) else "comfy")
     api = json.loads(api_file.read_text())
     ui = json.loads((WORKFLOWS / api_file.name).read_text())
-    converted = ui_to_api(ui, comfy.object_info())
+    converted = ui_to_api(ui, server.object_info())
     assert converted == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
 
 
-@pytest.mark.parametrize("api_file", [p for p in API_FILES if "_v2v_" not in p.name], ids=lambda p: p.stem)
-def test_api_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, api_file):  # v2v: test_v2v_workflows.py
+@pytest.mark.parametrize("api_file", [p for p in API_FILES if "_v2v_" not in p.name and not uses_node_packs(p)],
+                         ids=lambda p: p.stem)
+def test_api_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, api_file):
+    # v2v: test_v2v_workflows.py; with IPAdapter_plus: test_pack_workflows.py
     prompt = json.loads(api_file.read_text())
     by_class = {node["class_type"]: node["inputs"] for node in prompt.values()}
     # Official file names, random stand-in weights; 64x64 keeps the run short on CPU.
@@ -62,13 +63,4 @@ def test_api_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, api
     frames = by_class["EmptyLatentImage"]["batch_size"]
 
     result = comfy.run(prompt, timeout=600).raise_for_error()
-
-    ids = {node["class_type"]: nid for nid, node in prompt.items()}
-    [webp] = output_files(comfy_base, result, ids["SaveAnimatedWEBP"])
-    with Image.open(webp) as image:
-        assert image.n_frames == frames and image.size == (64, 64)
-    [mp4] = output_files(comfy_base, result, ids["SaveVideo"])
-    with av.open(str(mp4)) as container:
-        stream = container.streams.video[0]
-        assert stream.codec_context.name == "h264"
-        assert sum(1 for _ in container.decode(stream)) == frames
+    check_saved_video(comfy_base, result, prompt, frames, 64)

@@ -1,0 +1,260 @@
+"""IPAdapter_plus and Advanced-ControlNet (the real packs, ../shared/third_party) under our context windows.
+
+Everything runs in a second real server with both packs installed beside this package (`comfy_packs`). Each
+test samples one 48-frame video several ways in one prompt and compares the saved latents (fp32, the bound of
+the long-video tests):
+
+* a by-hand reference: the video cut into three 16-frame clips, each sampled without context windows and given
+  only its own frames' per-frame inputs (IPAdapter embeds and weights, ControlNet hints, latent keyframes).
+  The `batched` schedule with the `flat` fuse method evaluates exactly those clips as windows, so it must
+  equal the three clips put together; a run that gave every window the first window's frames does not.
+* stacked windows (several windows per model call) against one window per call, windows 16/4;
+* Advanced-ControlNet against the stock ControlNet nodes where both express the same thing, chained both ways.
+
+The initial latent is loaded from a file (LoadLatent, SamplerCustom without added noise), so that the
+whole video and each clip start from the same noise. Sizes: 32x32 (4x4 latents), the tiny UNet, 2 steps.
+"""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import graphs
+from fixtures import packs
+from fixtures.controlnet import TINY_CONTROLNET, tiny_controlnet  # noqa: F401  (fixture)
+from host import saved_files
+from lightning_core import context as windows, schedule
+
+MOTION_FILE = "animatediff_lightning_2step_comfyui.safetensors"
+IPADAPTER_FILE = "adl_tiny_ip-adapter_sd15.safetensors"
+FRAMES, CLIP, LENGTH, OVERLAP, SIZE = 48, 16, 16, 4, 32
+CLIPS = [list(range(start, start + CLIP)) for start in range(0, FRAMES, CLIP)]
+
+
+def assert_same(ours, reference, what):
+    """fp32 agreement to 1e-5, relative to the latents' scale."""
+    scale = reference.abs().max().item()
+    error = (ours - reference).abs().max().item()
+    assert error <= 1e-5 * max(1.0, scale), f"{what}: max abs difference {error:.3g} at latent scale {scale:.3g}"
+
+
+def assert_differs(ours, reference, what):
+    """The comparison above can fail: a real change moves the latents by far more than its bound."""
+    scale = reference.abs().max().item()
+    error = (ours - reference).abs().max().item()
+    assert error > 1e-3 * max(1.0, scale), f"{what}: only {error:.3g} apart at latent scale {scale:.3g}"
+
+
+# ----------------------------------------------------------------------------- files
+
+@pytest.fixture(scope="module")
+def pack_files(comfy_packs_base, write_motion, tiny_checkpoint, tiny_controlnet):
+    """Model files in the shared models folder and per-frame inputs in the packs server's input/."""
+    write_motion(MOTION_FILE)
+    packs.write_ipadapter(comfy_packs_base / "models" / "ipadapter" / IPADAPTER_FILE, packs.TINY_PATCHED_CHANNELS)
+    inputs = comfy_packs_base / "input"
+    sigma = schedule.get_sigmas_trailing(2)[0].item()
+    noise = torch.randn(FRAMES, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(31))
+    # SamplerCustom scales the loaded latent by the SD1.5 factor; this undoes it so the sampler starts from the
+    # noise at the first sigma, as with added noise.
+    latent = noise * (1 + sigma ** 2) ** 0.5 / 0.18215
+    embeds = packs.frame_embeds(FRAMES)
+    hints, other_hints = packs.frame_images(FRAMES, SIZE, seed=24), packs.frame_images(FRAMES, SIZE, seed=25)
+    for name, frames in [("all", list(range(FRAMES))), *[(f"clip{k}", clip) for k, clip in enumerate(CLIPS)]]:
+        save_file({"latent_tensor": latent[frames].contiguous(), "latent_format_version_0": torch.zeros(1)},
+                  str(inputs / f"adl_noise_{name}.latent"))
+        packs.write_embeds(inputs / f"adl_embeds_{name}.ipadpt", embeds[frames])
+        packs.write_animated_png(inputs / f"adl_hints_{name}.png", hints[frames])
+        packs.write_animated_png(inputs / f"adl_other_hints_{name}.png", other_hints[frames])
+    packs.write_embeds(inputs / "adl_embeds_zero.ipadpt", torch.zeros(1, packs.CLIP_EMBED_DIM))
+    return {"checkpoint": tiny_checkpoint}
+
+
+# Per-frame IPAdapter weights and Advanced-ControlNet latent keyframe strengths: 0 on some frames of every clip.
+WEIGHTS = [0.0 if i % 7 == 3 else 0.5 + (i % 5) / 4 for i in range(FRAMES)]
+STRENGTHS = [0.0 if i % 6 == 2 else 1.0 for i in range(FRAMES)]
+
+
+def clip_name(frames):
+    return "all" if len(frames) == FRAMES else f"clip{frames[0] // CLIP}"
+
+
+# ----------------------------------------------------------------------------- graphs
+
+def base_prompt(files):
+    """Checkpoint (1), prompt (4), motion module applied (3), our Euler sampler (9)."""
+    prompt = graphs.with_motion(graphs.base(files["checkpoint"], frames=FRAMES, size=SIZE), MOTION_FILE)
+    del prompt["5"]
+    prompt["9"] = {"class_type": "ADL_LightningSampler", "inputs": {}}
+    return prompt
+
+
+def context(prompt, name, model, schedule_name="standard_uniform", fuse="pyramid", windows_per_batch=1):
+    prompt[f"{name}_ctx"] = {"class_type": "ADL_ContextOptions", "inputs": {
+        "model": model, "context_length": LENGTH, "context_overlap": OVERLAP, "schedule": schedule_name,
+        "fuse_method": fuse, "windows_per_batch": windows_per_batch, "freenoise": False, "closed_loop": False}}
+    return [f"{name}_ctx", 0]
+
+
+def sample(prompt, name, model, frames, positive=("4", 0), steps=0):
+    """SamplerCustom from the saved noise of `frames` (no added noise), saved as tests/packs_{name}; `steps` 0 is the
+    file's 2."""
+    prompt[f"{name}_noise"] = {"class_type": "LoadLatent",
+                               "inputs": {"latent": f"adl_noise_{clip_name(frames)}.latent"}}
+    prompt[f"{name}_sigmas"] = {"class_type": "ADL_LightningScheduler",
+                                "inputs": {"model": model, "steps": steps, "denoise": 1.0}}
+    prompt[f"{name}_sample"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": model, "add_noise": False, "noise_seed": 0, "cfg": 1.0, "positive": list(positive),
+        "negative": list(positive), "sampler": ["9", 0], "sigmas": [f"{name}_sigmas", 0],
+        "latent_image": [f"{name}_noise", 0]}}
+    prompt[f"{name}_save"] = {"class_type": "SaveLatent",
+                              "inputs": {"samples": [f"{name}_sample", 0], "filename_prefix": f"tests/packs_{name}"}}
+
+
+def run(comfy, base_dir, prompt, names):
+    comfy.run(prompt, timeout=900).raise_for_error()
+    return {name: load_file(str(saved_files(base_dir, f"packs_{name}_[0-9]*.latent")[-1]))["latent_tensor"]
+            for name in names}
+
+
+def recorded(prompt, name, model, base_dir):
+    """The test-only recorder node (tests/fixtures/pack_probe) on `model`; returns its MODEL and the log path."""
+    path = base_dir / "output" / f"probe_{name}.jsonl"
+    path.unlink(missing_ok=True)
+    prompt[f"{name}_probe"] = {"class_type": "ADLTest_RecordIPAdapterFrames",
+                               "inputs": {"model": model, "path": str(path)}}
+    return [f"{name}_probe", 0], path
+
+
+def read_records(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def ipadapter(prompt, name, frames, embeds_frames=None):
+    """IPAdapterEmbedsBatch (one embedding per frame, per-frame weights) on the motion model; its MODEL."""
+    embeds_frames = frames if embeds_frames is None else embeds_frames
+    prompt.setdefault("ipa", {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": IPADAPTER_FILE}})
+    prompt.setdefault("ipa_zero", {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": "adl_embeds_zero.ipadpt"}})
+    prompt[f"{name}_embeds"] = {"class_type": "IPAdapterLoadEmbeds",
+                                "inputs": {"embeds": f"adl_embeds_{clip_name(embeds_frames)}.ipadpt"}}
+    prompt[f"{name}_weights"] = {"class_type": "IPAdapterWeights", "inputs": {
+        "weights": ", ".join(str(WEIGHTS[i]) for i in embeds_frames), "timing": "custom", "frames": 0,
+        "start_frame": 0, "end_frame": 9999, "add_starting_frames": 0, "add_ending_frames": 0,
+        "method": "full batch"}}
+    prompt[f"{name}_ipa"] = {"class_type": "IPAdapterEmbedsBatch", "inputs": {
+        "model": ["3", 0], "ipadapter": ["ipa", 0], "pos_embed": [f"{name}_embeds", 0],
+        "weight": [f"{name}_weights", 0], "weight_type": "linear", "start_at": 0.0, "end_at": 1.0,
+        "embeds_scaling": "V only", "neg_embed": ["ipa_zero", 0]}}
+    return [f"{name}_ipa", 0]
+
+
+def stock_controlnet(prompt, name, positive, frames, hints="hints"):
+    prompt.setdefault("cn", {"class_type": "ControlNetLoader", "inputs": {"control_net_name": TINY_CONTROLNET}})
+    prompt[f"{name}_image"] = {"class_type": "LoadImage", "inputs": {"image": f"adl_{hints}_{clip_name(frames)}.png"}}
+    prompt[f"{name}_apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": list(positive), "negative": list(positive), "control_net": ["cn", 0],
+        "image": [f"{name}_image", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    return [f"{name}_apply", 0]
+
+
+def acn_controlnet(prompt, name, positive, frames, hints="hints", keyframes=False):
+    prompt.setdefault("acn", {"class_type": "ACN_ControlNetLoaderAdvanced", "inputs": {"cnet": TINY_CONTROLNET}})
+    prompt[f"{name}_image"] = {"class_type": "LoadImage", "inputs": {"image": f"adl_{hints}_{clip_name(frames)}.png"}}
+    inputs = {"positive": list(positive), "negative": list(positive), "control_net": ["acn", 0],
+              "image": [f"{name}_image", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}
+    if keyframes:  # strengths of this clip's frames, counted from its first frame as a clip of its own
+        prompt[f"{name}_kf"] = {"class_type": "LatentKeyframeGroup", "inputs": {
+            "index_strengths": ", ".join(f"{i}={STRENGTHS[frame]}" for i, frame in enumerate(frames))}}
+        inputs["latent_kf_override"] = [f"{name}_kf", 0]
+    prompt[f"{name}_apply"] = {"class_type": "ACN_AdvancedControlNetApply_v2", "inputs": inputs}
+    return [f"{name}_apply", 0]
+
+
+def by_hand(results, name):
+    return torch.cat([results[f"{name}{k}"] for k in range(len(CLIPS))])
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_ipadapter_gives_each_window_its_own_frames(comfy_packs, comfy_packs_base, pack_files):
+    prompt = base_prompt(pack_files)
+    every = list(range(FRAMES))
+    model = ipadapter(prompt, "all", every)
+    sample(prompt, "batched3", context(prompt, "batched3", model, "batched", "flat", 3), every)
+    logs, per_call = {}, {"uniform1": 1, "uniform3": 3}
+    for name in per_call:
+        watched, logs[name] = recorded(prompt, name, model, comfy_packs_base)
+        sample(prompt, name, context(prompt, name, watched, windows_per_batch=per_call[name]), every)
+    for k, clip in enumerate(CLIPS):
+        watched, logs[f"hand{k}"] = recorded(prompt, f"hand{k}", ipadapter(prompt, f"hand{k}", clip), comfy_packs_base)
+        sample(prompt, f"hand{k}", watched, clip)
+        if k:  # what a sampler that publishes no ad_params gives: every window the first window's frames
+            sample(prompt, f"first{k}", ipadapter(prompt, f"first{k}", clip, embeds_frames=CLIPS[0]), clip)
+    names = ["batched3", "uniform1", "uniform3", "hand0", "hand1", "hand2", "first1", "first2"]
+    results = run(comfy_packs, comfy_packs_base, prompt, names)
+
+    # What the attention patch saw: in every call under windows, the image tokens of exactly the call's frames,
+    # in batch order (so three stacked windows get their three frame lists); without windows, no ad_params.
+    for name in ("uniform1", "uniform3"):
+        records = read_records(logs[name])
+        assert records and all(r["full_length"] == FRAMES and r["rows"] == r["sub_idxs"] for r in records), name
+        expected = {tuple(i for window in group for i in window) for step in range(2)
+                    for group in windows.stack_windows(windows.context_windows("standard_uniform", FRAMES, LENGTH,
+                                                                               OVERLAP, step), per_call[name])}
+        assert {tuple(r["sub_idxs"]) for r in records} == expected, name
+    for k, clip in enumerate(CLIPS):
+        records = read_records(logs[f"hand{k}"])
+        assert records and all(r["sub_idxs"] is None and r["rows"] == list(range(CLIP)) for r in records)
+
+    reference = by_hand(results, "hand")
+    assert_same(results["batched3"], reference, "three windows per call vs the clips by hand")
+    assert_same(results["uniform3"], results["uniform1"], "windows 16/4: three windows per call vs one")
+    first_frames = torch.cat([results["hand0"], results["first1"], results["first2"]])
+    assert_differs(first_frames, reference, "every clip given the first clip's embeds and weights")
+
+
+def test_advanced_controlnet_hints_and_keyframes_per_window(comfy_packs, comfy_packs_base, pack_files):
+    prompt = base_prompt(pack_files)
+    every = list(range(FRAMES))
+    positive = ("4", 0)
+    one_step = {"steps": 1}  # the first step's windows show the slicing; a second step would double the cost
+    stacked = context(prompt, "stacked", ["3", 0], windows_per_batch=3)
+    # Hints: Advanced-ControlNet (which slices by ad_params) chained with a stock ControlNet (which our handler
+    # slices), in both orders, equals two stock ControlNets; windows 16/4, three per call.
+    sample(prompt, "stock", stacked, every, stock_controlnet(prompt, "stock", positive, every), **one_step)
+    both_stock = stock_controlnet(prompt, "s2", stock_controlnet(prompt, "s1", positive, every, "other_hints"), every)
+    sample(prompt, "stock_stock", stacked, every, both_stock, **one_step)
+    acn_last = acn_controlnet(prompt, "a2", stock_controlnet(prompt, "a1", positive, every, "other_hints"), every)
+    sample(prompt, "stock_acn", stacked, every, acn_last, **one_step)
+    stock_last = stock_controlnet(prompt, "b2", acn_controlnet(prompt, "b1", positive, every), every, "other_hints")
+    sample(prompt, "acn_stock", stacked, every, stock_last, **one_step)
+    # Latent keyframes (strength 0 on some frames), three windows per call asked for: the clips by hand.
+    batched = context(prompt, "batched", ["3", 0], "batched", "flat", 3)
+    keyed = acn_controlnet(prompt, "kf", positive, every, keyframes=True)
+    sample(prompt, "kf_batched", batched, every, keyed, **one_step)
+    for k, clip in enumerate(CLIPS):
+        keyed = acn_controlnet(prompt, f"kfh{k}", positive, clip, keyframes=True)
+        sample(prompt, f"kf_hand{k}", ["3", 0], clip, keyed, **one_step)
+    names = ["stock", "stock_stock", "stock_acn", "acn_stock", "kf_batched",
+             *[f"kf_hand{k}" for k in range(len(CLIPS))]]
+    results = run(comfy_packs, comfy_packs_base, prompt, names)
+
+    assert_same(results["stock_acn"], results["stock_stock"], "stock then Advanced-ControlNet vs two stock")
+    assert_same(results["acn_stock"], results["stock_stock"], "Advanced-ControlNet then stock vs two stock")
+    assert_differs(results["stock_stock"], results["stock"], "a second ControlNet")
+    assert_same(results["kf_batched"], by_hand(results, "kf_hand"), "latent keyframes vs the clips by hand")
+
+
+def test_per_frame_inputs_for_another_frame_count_are_refused(comfy_packs, comfy_packs_base, pack_files):
+    prompt = base_prompt(pack_files)
+    prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 40}}
+    graphs.lightning_sample(prompt, model=ipadapter(prompt, "all", list(range(FRAMES))))
+    prompt["6"]["inputs"]["model"] = context(prompt, "w", prompt["6"]["inputs"]["model"])
+    graphs.save_latent(prompt, "tests/packs_never_written")
+    result = comfy_packs.run(prompt, timeout=600)
+    assert not result.ok
+    message = result.execution_error["exception_message"]
+    assert "48 frames" in message and "has 40" in message and "IPAdapter" in message, message
+    assert comfy_packs.system_stats()  # still serving
