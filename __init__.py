@@ -1,11 +1,14 @@
-"""ComfyUI entry point: registers the model folders and hands ComfyUI the node extension."""
+"""ComfyUI entry point: registers the model folders and hands ComfyUI the node extension.
+
+On a ComfyUI without the extension API (comfy_api.latest) nodes/__init__.py has logged why, and no
+`comfy_entrypoint` is defined: ComfyUI then skips the pack with a warning instead of a traceback.
+"""
 
 import os
 
 import folder_paths
 
-from .nodes import AnimateDiffLightningExtension
-from .nodes.motion import LORA_FOLDER, MOTION_FOLDER
+from .nodes import NODE_MODULES, NODES, extension
 
 
 def _register_model_folder(name):
@@ -18,9 +21,12 @@ def _register_model_folder(name):
     folder_paths.add_model_folder_path(name, path)
 
 
-_register_model_folder(MOTION_FOLDER)
-_register_model_folder(LORA_FOLDER)
+if "motion" in NODE_MODULES:
+    from .nodes.motion import LORA_FOLDER, MOTION_FOLDER
 
+    _register_model_folder(MOTION_FOLDER)
+    _register_model_folder(LORA_FOLDER)
 
-async def comfy_entrypoint():
-    return AnimateDiffLightningExtension()
+if NODES:
+    async def comfy_entrypoint():
+        return extension()

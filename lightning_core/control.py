@@ -7,9 +7,10 @@ per-batch normalisation), so a video's control frames do not flicker with its co
 long video give what the whole video gives.
 """
 
-import cv2
 import numpy as np
 import torch
+
+from .requirements import opencv
 
 SOBEL_GAIN = 8.0  # a 3x3 Sobel of a ramp of slope a is 8a: dividing by it gives the slope in intensity per pixel
 
@@ -26,11 +27,13 @@ def to_rgb(channel):
 
 def luminance(frame):
     """ITU-R BT.601 luma of an RGB frame (what cv2.COLOR_RGB2GRAY computes), float32 0..1."""
+    cv2 = opencv("the control preprocessors")
     return cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.float32), cv2.COLOR_RGB2GRAY)
 
 
 def canny(frame, low_threshold=100, high_threshold=200):
     """Canny edges (white on black) of the 8-bit RGB frame, as the lllyasviel canny annotator computes them."""
+    cv2 = opencv("the control preprocessors")
     if not 0 <= low_threshold <= high_threshold:
         raise ValueError(f"canny needs 0 <= low_threshold <= high_threshold, got {low_threshold} and {high_threshold}")
     edges = cv2.Canny(to_uint8(frame), low_threshold, high_threshold)
@@ -39,6 +42,7 @@ def canny(frame, low_threshold=100, high_threshold=200):
 
 def soft_edges(frame, blur_sigma=1.0, gain=4.0):
     """Soft edge map: slope (intensity change per pixel, Sobel) of the blurred luma times `gain`, clipped to 1."""
+    cv2 = opencv("the control preprocessors")
     gray = luminance(frame)
     if blur_sigma > 0:
         gray = cv2.GaussianBlur(gray, (0, 0), blur_sigma)
@@ -58,6 +62,7 @@ def grayscale(frame, threshold=0.0):
 
 def tile(frame, downscale=4, blur_sigma=0.0):
     """The blurry low-resolution copy the tile ControlNet expects: area-downsample by `downscale`, cubic back up."""
+    cv2 = opencv("the control preprocessors")
     h, w = frame.shape[:2]
     out = np.ascontiguousarray(frame, dtype=np.float32)
     if downscale > 1:

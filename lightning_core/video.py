@@ -6,9 +6,10 @@ rate repeats or drops source frames: output frame k shows the source frame on sc
 The selection then counts frames of that resampled stream, in VideoHelperSuite's order:
 skip_first_frames, then select_every_nth, then frame_load_cap.
 
-Files are decoded with opencv (its wheels bundle FFmpeg); a stock ComfyUI VIDEO is decoded with PyAV, as
-ComfyUI itself does. MP4 is written with PyAV (H.264; MPEG-4 part 2 where the build lacks an H.264
-encoder), animated WEBP and GIF with Pillow.
+Files are decoded with opencv (its wheels bundle FFmpeg; imported on first use, see requirements.py); a
+stock ComfyUI VIDEO is decoded with PyAV, as ComfyUI itself does, and so is sound. MP4 is written with
+PyAV (H.264; MPEG-4 part 2 where the build lacks an H.264 encoder; AAC sound), animated WEBP and GIF with
+Pillow.
 """
 
 import itertools
@@ -18,10 +19,11 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
+
+from .requirements import opencv
 
 log = logging.getLogger("animatediff_lightning")
 
@@ -122,6 +124,7 @@ def fit(frame, size):
         return frame
     scale = max(target_width / width, target_height / height)
     scaled = (max(target_width, round(width * scale)), max(target_height, round(height * scale)))
+    cv2 = opencv("resizing video frames (force_width / force_height)")
     frame = cv2.resize(frame, scaled, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     left, top = (scaled[0] - target_width) // 2, (scaled[1] - target_height) // 2
     return frame[top:top + target_height, left:left + target_width]
@@ -140,6 +143,7 @@ def _open(path):
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise VideoError(f"video file not found: '{path}'")
+    cv2 = opencv("reading video files")
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened() or capture.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0:
         capture.release()
@@ -148,6 +152,7 @@ def _open(path):
 
 
 def _info(capture, name):
+    cv2 = opencv("reading video files")
     fps = capture.get(cv2.CAP_PROP_FPS)
     if not fps or not math.isfinite(fps) or fps <= 0:
         log.warning("'%s' reports no frame rate; assuming %g fps", name, DEFAULT_FPS)
@@ -169,6 +174,7 @@ def probe(path):
 
 def _capture_frames(capture, plan, size, name, codec):
     """Yields each planned RGB frame of an opened capture as often as planned; dropped ones are never converted."""
+    cv2 = opencv("reading video files")
     for index, copies in enumerate(plan):
         if not capture.grab():
             if index == 0:
@@ -249,6 +255,31 @@ def pyav_frames(source):
             yield frame.to_ndarray(format="rgb24")
 
 
+def read_audio(source, start=0.0, duration=None):
+    """(waveform [channels, samples] float32, sample rate) of the first audio stream of a path or file object,
+    from `start` seconds for `duration` seconds (to the end when None); None when it has no audio stream."""
+    import av
+
+    with av.open(source) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or stream.rate
+        # planar float: each decoded frame becomes [channels, samples] whatever the codec's own sample format
+        to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
+        blocks = [out.to_ndarray() for frame in container.decode(stream) for out in to_float.resample(frame)]
+        blocks += [out.to_ndarray() for out in to_float.resample(None)]
+    waveform = torch.from_numpy(np.concatenate(blocks, axis=1)) if blocks else torch.zeros(1, 0)
+    first = max(0, round(start * rate))
+    last = waveform.shape[1] if duration is None else first + round(duration * rate)
+    return waveform[:, first:last].float().contiguous(), int(rate)
+
+
+def selection_time_span(source_fps, force_rate=0.0, skip_first_frames=0, frames=0, fps=0.0):
+    """(start, duration) in seconds of the selected frames: the audio that plays under them."""
+    return skip_first_frames / (force_rate or source_fps), frames / fps if fps else 0.0
+
+
 def put_rows(buffer, filled, block):
     """Writes `block` at row `filled` of a preallocated buffer; returns it, grown when the header undercounted."""
     if filled + block.shape[0] > buffer.shape[0]:
@@ -287,10 +318,30 @@ def h264_available():
         return False
 
 
-def write_mp4(path, chunks, fps, codec="auto", crf=19):
-    """Writes frames to an MP4 at `fps`; returns the codec used ('h264', or 'mpeg4' where H.264 is missing)."""
+PIXEL_FORMATS = ("yuv420p", "yuv444p")  # 4:2:0 plays everywhere; 4:4:4 keeps colour edges, fewer players
+
+
+def _encode_audio(container, stream, waveform, seconds):
+    """Encodes `waveform` [channels, samples] into the AAC `stream`, cut to `seconds`."""
     import av
 
+    waveform = waveform[:stream.channels, :math.ceil(stream.rate * seconds)].float().cpu()
+    frame = av.AudioFrame.from_ndarray(waveform.t().reshape(1, -1).contiguous().numpy(), format="flt",
+                                       layout="mono" if waveform.shape[0] == 1 else "stereo")
+    frame.sample_rate, frame.pts = stream.rate, 0
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def write_mp4(path, chunks, fps, codec="auto", crf=19, pix_fmt="yuv420p", audio=None, metadata=None):
+    """Writes frames to an MP4 at `fps`; returns the codec used ('h264', or 'mpeg4' where H.264 is missing).
+
+    `audio` (waveform [channels, samples], sample rate) is muxed as AAC, cut to the video's length; `metadata`
+    {key: text} goes into the container's tags, where ComfyUI's frontend reads `prompt` and `workflow` back."""
+    import av
+
+    if pix_fmt not in PIXEL_FORMATS:
+        raise VideoError(f"pix_fmt is '{pix_fmt}': use one of {', '.join(PIXEL_FORMATS)}")
     if codec == "auto":
         codec = "h264" if h264_available() else "mpeg4"
         if codec == "mpeg4":
@@ -300,11 +351,20 @@ def write_mp4(path, chunks, fps, codec="auto", crf=19):
     first = next(frames, None)
     if first is None:
         raise VideoError(f"no frames to write to '{os.path.basename(path)}'")
-    height, width = first.shape[0] // 2 * 2, first.shape[1] // 2 * 2  # yuv420p needs even sides
-    with av.open(str(path), mode="w") as container:
+    height, width = first.shape[0] // 2 * 2, first.shape[1] // 2 * 2  # 4:2:0 needs even sides
+    count = 0
+    # use_metadata_tags: free-form keys (prompt, workflow) as the stock Save Video writes them
+    with av.open(str(path), mode="w", options={"movflags": "use_metadata_tags"}) as container:
+        for key, value in (metadata or {}).items():
+            container.metadata[key] = value
         stream = container.add_stream("libx264" if codec == "h264" else "mpeg4",
                                       rate=Fraction(round(fps * 1000), 1000))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height = width, height
+        sound = None
+        if audio is not None and audio[0].shape[-1] > 0:  # every stream exists before the first packet
+            sound = container.add_stream("aac", rate=int(audio[1]),
+                                         layout="mono" if audio[0].shape[0] == 1 else "stereo")
+        stream.pix_fmt = pix_fmt if codec == "h264" else "yuv420p"
         if codec == "h264":
             stream.options = {"crf": str(crf)}
         else:
@@ -312,16 +372,42 @@ def write_mp4(path, chunks, fps, codec="auto", crf=19):
         for frame in itertools.chain([first], frames):
             image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width, :3]), format="rgb24")
             container.mux(stream.encode(image))
+            count += 1
         container.mux(stream.encode(None))
+        if sound is not None:  # AAC in MP4: mono or stereo
+            _encode_audio(container, sound, audio[0], count / fps)
     return codec
 
 
-def write_animated(path, chunks, fps, format="webp", quality=90):
-    """Writes frames to an animated WEBP or GIF at `fps` (looping), with Pillow."""
+def webp_exif(image, metadata):
+    """EXIF for an animated WEBP holding `metadata` as ComfyUI's Save Animated WEBP stores it: "key:text" strings,
+    `prompt` in tag 0x0110 and the others from 0x010F down, which the frontend reads back."""
+    exif = image.getexif()
+    tag = 0x010F
+    for key, value in (metadata or {}).items():
+        if key == "prompt":
+            exif[0x0110] = f"prompt:{value}"
+        else:
+            exif[tag] = f"{key}:{value}"
+            tag -= 1
+    return exif
+
+
+def write_animated(path, chunks, fps, format="webp", quality=90, loop=0, metadata=None):
+    """Writes frames to an animated WEBP or GIF at `fps` with Pillow; `loop` plays it that many times (0: forever).
+
+    WEBP gets `metadata` {key: text} as EXIF (webp_exif); GIF has no place ComfyUI's frontend reads it from."""
+    if loop < 0:
+        raise VideoError(f"loop_count is {loop}: use 0 (loop forever) or a number of plays")
     images = [Image.fromarray(np.ascontiguousarray(frame[..., :3])) for frame in _frames_of(chunks)]
     if not images:
         raise VideoError(f"no frames to write to '{os.path.basename(path)}'")
     durations = frame_durations_ms(len(images), fps, 10 if format == "gif" else 1)
-    options = {"quality": quality, "method": 4} if format == "webp" else {"disposal": 1, "optimize": False}
+    if format == "webp":  # WEBP stores plays (0: forever)
+        options = {"quality": quality, "method": 4, "exif": webp_exif(images[0], metadata), "loop": loop}
+    else:
+        options = {"disposal": 1, "optimize": False}
+        if loop != 1:  # GIF stores repeats after the first play, and no loop block plays once
+            options["loop"] = loop - 1 if loop else 0
     images[0].save(path, format=format.upper(), save_all=True, append_images=images[1:], duration=durations,
-                   loop=0, **options)
+                   **options)

@@ -3,8 +3,7 @@
 from comfy_api.latest import io
 
 from ..lightning_core import context
-from . import host
-from .motion import CATEGORY
+from . import host, menu
 
 SCHEDULE_TOOLTIP = ("How frames are cut into windows. standard_uniform: windows every context_length - "
                     "context_overlap frames, shifted at each step so that seams do not stay in place; "
@@ -34,11 +33,11 @@ class ContextOptions(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_ContextOptions",
-            display_name="AnimateDiff-Lightning Context Options",
-            category=CATEGORY,
+            display_name=menu.title("Context Windows"),
+            category=menu.LONG_VIDEO,
             description="Lets a video be longer than the motion module's window (16 frames as trained, at most "
                         "24 or 32): each step denoises overlapping windows of frames and averages them. Put it "
-                        "between Apply AnimateDiff Motion Module and the sampler.",
+                        "between Apply Motion Module and the sampler.",
             inputs=[
                 io.Model.Input("model", tooltip="A model with a motion module applied."),
                 io.Int.Input("context_length", default=16, min=1, max=128,
@@ -73,3 +72,6 @@ class ContextOptions(io.ComfyNode):
                                                closed_loop=closed_loop, windows_per_batch=windows_per_batch,
                                                freenoise=freenoise)
         return io.NodeOutput(host.with_context_windows(model, handler))
+
+
+NODES = [ContextOptions]

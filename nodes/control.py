@@ -8,7 +8,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..lightning_core import control
-from .motion import CATEGORY
+from . import menu
 
 IMAGE_TOOLTIP = "The source frames (e.g. from Load Video); one control frame comes out per frame."
 FRAME_RULE = "the control image batch must have exactly as many frames as the latent batch, or 1 (used for every frame)"
@@ -28,8 +28,8 @@ class CannyPreprocessor(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_CannyPreprocessor",
-            display_name="Canny Edges (control)",
-            category=CATEGORY,
+            display_name=menu.title("Canny Edge Map"),
+            category=menu.CONTROL,
             description="Canny edge maps (white edges on black) for the canny ControlNet, e.g. control_v11p_sd15_canny.",
             inputs=[
                 io.Image.Input("images", tooltip=IMAGE_TOOLTIP),
@@ -51,8 +51,8 @@ class SoftEdgePreprocessor(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_SoftEdgePreprocessor",
-            display_name="Soft Edges (control)",
-            category=CATEGORY,
+            display_name=menu.title("Soft Edge Map (Sobel)"),
+            category=menu.CONTROL,
             description="Soft grey-level edges (Sobel gradient magnitude, HED-like) for softedge/lineart ControlNets; "
                         "a fixed scale per frame, so it does not flicker over a video.",
             inputs=[
@@ -75,8 +75,8 @@ class GrayscalePreprocessor(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_GrayscalePreprocessor",
-            display_name="Grayscale / Threshold (control)",
-            category=CATEGORY,
+            display_name=menu.title("Grayscale / Threshold Map"),
+            category=menu.CONTROL,
             description="Grey image (luma), or black and white above a threshold, e.g. for scribble or recolor ControlNets.",
             inputs=[
                 io.Image.Input("images", tooltip=IMAGE_TOOLTIP),
@@ -96,8 +96,8 @@ class TilePreprocessor(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_TilePreprocessor",
-            display_name="Tile / Blur (control)",
-            category=CATEGORY,
+            display_name=menu.title("Tile Blur Map"),
+            category=menu.CONTROL,
             description="A blurry low-resolution copy of each frame, what the tile ControlNet (control_v11f1e_sd15_tile) expects.",
             inputs=[
                 io.Image.Input("images", tooltip=IMAGE_TOOLTIP),
@@ -114,7 +114,7 @@ class TilePreprocessor(io.ComfyNode):
         return _run(control.tile, images, downscale=downscale, blur_sigma=blur_sigma)
 
 
-PREPROCESSORS = [CannyPreprocessor, SoftEdgePreprocessor, GrayscalePreprocessor, TilePreprocessor]
+NODES = [CannyPreprocessor, SoftEdgePreprocessor, GrayscalePreprocessor, TilePreprocessor]
 
 
 def control_hint_frames(conditioning):

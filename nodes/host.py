@@ -17,6 +17,7 @@ import comfy.model_sampling
 import comfy.ops
 import comfy.patcher_extension
 import comfy.utils
+import comfy_extras.nodes_model_advanced
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
 
@@ -35,6 +36,31 @@ class AnimateDiffModelSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy
     def __init__(self):
         super().__init__()
         self.set_sigmas(schedule.get_training_sigmas())
+
+
+class _SDLinearBetas:
+    """The model config AnimateDiff-Evolved hands ComfyUI for its `lcm` schedule: SD's betas, ComfyUI's "linear"
+    (linear in sqrt(beta) from 0.00085 to 0.012), which AnimateLCM was distilled on."""
+
+    sampling_settings = {"beta_schedule": "linear"}
+
+
+class AnimateLCMModelSampling(comfy_extras.nodes_model_advanced.ModelSamplingDiscreteDistilled,
+                              comfy_extras.nodes_model_advanced.LCM):
+    """AnimateLCM's schedule as AnimateDiff-Evolved applies it (`lcm`): ComfyUI's own LCM sampling, i.e. 50 distilled
+    timesteps of SD's schedule and LCM's boundary-condition denoiser (what the stock ModelSamplingDiscrete `lcm`
+    node sets on an SD1.5 model)."""
+
+    def __init__(self):
+        super().__init__(_SDLinearBetas())
+
+
+BETA_SCHEDULES = {"animatediff": AnimateDiffModelSampling, "lcm": AnimateLCMModelSampling}
+
+
+def is_lcm_sampling(model):
+    """Whether the MODEL samples with LCM's denoiser (our AnimateLCM schedule or the stock `lcm` patch)."""
+    return isinstance(model.get_model_object("model_sampling"), comfy_extras.nodes_model_advanced.LCM)
 
 
 def _num_frames(x, transformer_options):
@@ -98,7 +124,7 @@ def inject_motion_module(model, motion_set, settings):
     patches = model.model_options["transformer_options"].get("patches", {})
     if not any(cls is MotionModule for cls, _ in patches.get("forward_timestep_embed_patch", [])):
         model.set_model_forward_timestep_embed_patch((MotionModule, _forward_motion))
-    model.add_object_patch("model_sampling", AnimateDiffModelSampling())
+    model.add_object_patch("model_sampling", BETA_SCHEDULES[settings.get("beta_schedule", "animatediff")]())
     _patch_memory_required(model, motion_set)
     # The clone inherits the size measured before the object patches existed; the host decides how much of
     # the model fits the GPU from this number, so it must count the motion weights too (once, if re-applied).

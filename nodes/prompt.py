@@ -4,7 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..lightning_core import prompt_schedule
-from .motion import CATEGORY
+from . import menu
 
 SCHEDULE_EXAMPLE = "0: a cat walking in a garden\n16: a dog running in a garden\n"
 
@@ -26,14 +26,14 @@ def encode(clip, text):
 def schedule_conditioning(clip, text, frames, pre_text="", app_text=""):
     """A one-entry CONDITIONING whose cond is [frames, tokens, dim] (and pooled_output [frames, dim])."""
     keyframes = prompt_schedule.parse_schedule(text, frames)
-    texts = [full_prompt(pre_text, prompt, app_text) for _, prompt in keyframes]
+    texts = [full_prompt(pre_text, keyframe.prompt, app_text) for keyframe in keyframes]
     encoded = {text: encode(clip, text) for text in dict.fromkeys(texts)}  # each distinct prompt once
     conds, pooled = zip(*(encoded[text] for text in texts))
-    positions = [frame for frame, _ in keyframes]
-    cond = prompt_schedule.interpolate(torch.cat(prompt_schedule.match_token_length(conds)), positions, frames)
+    positions, holds = [k.frame for k in keyframes], [k.hold for k in keyframes]
+    cond = prompt_schedule.interpolate(torch.cat(prompt_schedule.match_token_length(conds)), positions, frames, holds)
     extras = {}
     if all(p is not None for p in pooled):
-        extras["pooled_output"] = prompt_schedule.interpolate(torch.cat(pooled), positions, frames)
+        extras["pooled_output"] = prompt_schedule.interpolate(torch.cat(pooled), positions, frames, holds)
     return [[cond, extras]]
 
 
@@ -42,28 +42,41 @@ class PromptSchedule(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_PromptSchedule",
-            display_name="AnimateDiff-Lightning Prompt Schedule",
-            category=CATEGORY,
-            description="Prompt travel: keyframe prompts (`FRAME: prompt`, one per line) interpolated per frame in "
-                        "CLIP embedding space; each frame of the latent batch gets its own prompt embedding.",
+            display_name=menu.title("Prompt Travel Schedule"),
+            category=menu.LONG_VIDEO,
+            description="Prompt travel: keyframe prompts (`FRAME: prompt`, or AnimateDiff-Evolved's `\"FRAME\": "
+                        "\"prompt\",` and `FRAME = \"prompt\"` with its ranges, negative and decimal frames) "
+                        "interpolated per frame in CLIP embedding space; each frame of the latent batch gets its "
+                        "own prompt embedding. Connect the latent so the frame count follows it.",
             inputs=[
                 io.Clip.Input("clip", tooltip="The CLIP model used for encoding the prompts."),
                 io.String.Input("text", multiline=True, default=SCHEDULE_EXAMPLE,
                                 tooltip="One keyframe per line, `FRAME: prompt` (frame 0 is the first); frames between "
                                         "keyframes blend the two prompts linearly, frames after the last keyframe "
-                                        "keep it. `\"16\": \"prompt\",` lines and # comments work too."),
+                                        "keep it. Also `\"16\": \"prompt\",` and `16 = \"prompt\"`, ranges "
+                                        "`0:8` (8 excluded), `-1` (last frame), `0.5` (half way), `8:` (hold until "
+                                        "the next keyframe), # comments. Keyframes past the last frame are ignored."),
                 io.Int.Input("frames", default=16, min=1, max=100000,
-                             tooltip="The video length in frames: set equal to the latent batch_size."),
+                             tooltip="The video length in frames when `latent` is not connected: set equal to the "
+                                     "latent batch_size."),
                 io.String.Input("pre_text", optional=True, multiline=True, default="",
                                 tooltip="Put before every prompt (joined with ', '), e.g. the style or subject."),
                 io.String.Input("app_text", optional=True, multiline=True, default="",
                                 tooltip="Put after every prompt (joined with ', '), e.g. quality tags."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="The video latent the conditioning is for: when connected, its frame count "
+                                        "is used and `frames` is ignored."),
             ],
             outputs=[io.Conditioning.Output(tooltip="Per-frame conditioning: cond [frames, 77, 768].")],
         )
 
     @classmethod
-    def execute(cls, clip, text, frames, pre_text="", app_text="") -> io.NodeOutput:
+    def execute(cls, clip, text, frames, pre_text="", app_text="", latent=None) -> io.NodeOutput:
         if clip is None:
             raise ValueError("clip input is invalid: None (the checkpoint has no text encoder)")
+        if latent is not None:
+            frames = latent["samples"].shape[0]
         return io.NodeOutput(schedule_conditioning(clip, text, frames, pre_text, app_text))
+
+
+NODES = [PromptSchedule]

@@ -7,8 +7,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..lightning_core import sampling, schedule
-from . import control, host
-from .motion import CATEGORY
+from . import control, host, menu
 
 STEPS_TOOLTIP = ("Sampling steps; 0 takes the step count the loaded Lightning file was distilled for "
                  "(4 for a file without one). Lightning files work best at their own step count.")
@@ -29,11 +28,22 @@ def resolve_steps(model, steps):
     return steps
 
 
+def lcm_sigmas(model, steps, denoise=1.0):
+    """The sigmas ComfyUI's KSampler gives an LCM model (sgm_uniform over its own schedule), cut like ours."""
+    full = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "sgm_uniform", steps).cpu()
+    kept = schedule.denoise_steps(steps, denoise)
+    return full[steps - kept:] if kept else full[:0]
+
+
 def lightning_sigmas(model, steps, denoise=1.0):
     """(steps run, sigmas): the trailing-timestep Euler sigmas; denoise < 1 keeps the last int(steps * denoise)
-    of them, so partial denoising starts at a timestep the file was distilled on (as diffusers' video2video)."""
+    of them, so partial denoising starts at a timestep the file was distilled on (as diffusers' video2video).
+    A model on AnimateLCM's schedule gets the sigmas the stock KSampler's lcm + sgm_uniform run."""
     steps = resolve_steps(model, steps)
-    sigmas = schedule.get_sigmas_trailing_denoise(steps, denoise)
+    if host.is_lcm_sampling(model):
+        sigmas = lcm_sigmas(model, steps, denoise)
+    else:
+        sigmas = schedule.get_sigmas_trailing_denoise(steps, denoise)
     if denoise > 0.0 and len(sigmas) == 0:
         host.log.warning("denoise %.3f keeps none of the %d trailing steps (the smallest that runs one is %.3f); "
                          "the input latent is returned unchanged", denoise, steps, 1.0 / steps)
@@ -52,7 +62,7 @@ def check_frame_count(model, latent):
         host.check_context_length(window, limit)
     if limit and frames > limit and not window:
         raise ValueError(f"latent batch_size is {frames} frames but this motion module's position encoding covers "
-                         f"{limit}; use at most {limit} frames, or AnimateDiff-Lightning Context Options for more")
+                         f"{limit}; use at most {limit} frames, or Context Windows (AnimateDiff-Lightning) for more")
 
 
 def check_prompt_frames(frames, *conditionings):
@@ -61,8 +71,8 @@ def check_prompt_frames(frames, *conditionings):
     for conditioning in conditionings:
         for cond, _ in conditioning or ():
             if cond.shape[0] not in (1, frames):
-                raise ValueError(f"the prompt conditioning has {cond.shape[0]} frames (e.g. Prompt Schedule's frames) "
-                                 f"but latent_image has {frames}; set them equal")
+                raise ValueError(f"the prompt conditioning has {cond.shape[0]} frames (e.g. the Prompt Travel Schedule's "
+                                 f"frames) but latent_image has {frames}; set them equal")
 
 
 class LightningScheduler(io.ComfyNode):
@@ -70,8 +80,8 @@ class LightningScheduler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LightningScheduler",
-            display_name="AnimateDiff-Lightning Scheduler",
-            category=CATEGORY,
+            display_name=menu.title("Lightning Scheduler"),
+            category=menu.SAMPLING,
             description="Euler sigmas at the trailing timesteps Lightning was distilled on (4 steps: 999, 749, 499, 249).",
             inputs=[
                 io.Model.Input("model", tooltip="A model with a motion module applied (its step count is read from it)."),
@@ -91,8 +101,8 @@ class LightningSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LightningSampler",
-            display_name="AnimateDiff-Lightning Euler Sampler",
-            category=CATEGORY,
+            display_name=menu.title("Lightning Euler"),
+            category=menu.SAMPLING,
             description="The deterministic Euler sampler Lightning is distilled for, for SamplerCustom(Advanced).",
             inputs=[],
             outputs=[io.Sampler.Output()],
@@ -108,8 +118,8 @@ class LightningKSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_LightningKSampler",
-            display_name="AnimateDiff-Lightning Sampler",
-            category=CATEGORY,
+            display_name=menu.title("Lightning KSampler"),
+            category=menu.SAMPLING,
             description="Samples a video with Lightning's defaults: the checkpoint's step count, Euler at trailing "
                         "timesteps, CFG 1 (the negative prompt is then not used).",
             inputs=[
@@ -140,8 +150,14 @@ class LightningKSampler(io.ComfyNode):
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
         callback = latent_preview.prepare_callback(model, steps)
+        # AnimateLCM's schedule samples with LCM's own sampler, as the stock KSampler's `lcm` does
+        sampler = (comfy.samplers.sampler_object("lcm") if host.is_lcm_sampling(model)
+                   else comfy.samplers.KSAMPLER(sampling.sample_euler))
         latent["samples"] = comfy.sample.sample_custom(
-            model, noise, cfg, comfy.samplers.KSAMPLER(sampling.sample_euler), sigmas, positive,
+            model, noise, cfg, sampler, sigmas, positive,
             positive if negative is None else negative, samples, noise_mask=latent.get("noise_mask"),
             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         return io.NodeOutput(latent)
+
+
+NODES = [LightningScheduler, LightningSampler, LightningKSampler]

@@ -12,7 +12,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from .motion import CATEGORY
+from . import menu
 
 CHUNK_TOOLTIP = ("Frames per VAE call. Peak memory is the output plus this many frames' work; 16 fits most "
                  "machines at 512x512, lower it if memory is short.")
@@ -53,8 +53,8 @@ class VAEDecodeChunked(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_VAEDecodeChunked",
-            display_name="AnimateDiff-Lightning VAE Decode (chunked)",
-            category=CATEGORY,
+            display_name=menu.title("VAE Decode Video in Chunks"),
+            category=menu.VIDEO,
             description="VAE Decode for long videos: decodes a few frames at a time, so memory stays flat in the "
                         "frame count apart from the output itself. The frames VAE Decode gives.",
             inputs=[
@@ -77,8 +77,8 @@ class VAEEncodeChunked(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ADL_VAEEncodeChunked",
-            display_name="AnimateDiff-Lightning VAE Encode (chunked)",
-            category=CATEGORY,
+            display_name=menu.title("VAE Encode Video in Chunks"),
+            category=menu.VIDEO,
             description="VAE Encode for long videos: encodes a few frames at a time, so memory stays flat in the "
                         "frame count apart from the output itself. Same latents as VAE Encode.",
             inputs=[
@@ -94,3 +94,6 @@ class VAEEncodeChunked(io.ComfyNode):
         check_frames("pixels", pixels, 4, "[frames, height, width, channels]")
         return io.NodeOutput({"samples": run_chunked(lambda chunk: vae.encode(chunk[:, :, :, :3]), pixels,
                                                      frames_per_chunk)})
+
+
+NODES = [VAEEncodeChunked, VAEDecodeChunked]

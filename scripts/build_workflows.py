@@ -34,8 +34,9 @@ def motion_model(steps):
          [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], ["ckpt_name"]),
         (2, "ADL_LoadMotionModule", {"model_name": f"animatediff_lightning_{steps}step_comfyui.safetensors"},
          [("MOTION_MODULE", "ADL_MOTION_MODULE")], ["model_name"]),
-        (3, "ADL_ApplyMotionModule", {"model": (1, 0), "motion_module": (2, 0), "effect": 1.0, "motion_scale": 1.0},
-         [("MODEL", "MODEL")], ["effect", "motion_scale"]),
+        (3, "ADL_ApplyMotionModule", {"model": (1, 0), "motion_module": (2, 0), "effect": 1.0, "motion_scale": 1.0,
+                                      "beta_schedule": "auto"},
+         [("MODEL", "MODEL")], ["effect", "motion_scale", "beta_schedule"]),
     ]
 
 

@@ -81,7 +81,7 @@ class ComfyServer:
     # --- lifecycle ---------------------------------------------------------
     @classmethod
     def start(cls, base_dir: Path | str, port: int | None = None,
-              timeout: float = 120.0, extra_args: list[str] = ()) -> "ComfyServer":
+              timeout: float = 120.0, extra_args: list[str] = (), extra_env: dict | None = None) -> "ComfyServer":
         base_dir = Path(base_dir)
         port = port or free_port()
         if not (HOST_DIR / "main.py").is_file():
@@ -95,7 +95,7 @@ class ComfyServer:
                "--database-url", "sqlite:///:memory:", *extra_args]
         # No network here: a node that tries the Hugging Face hub fails at
         # once instead of hanging on retries.
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=HOST_DIR, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env)
@@ -151,9 +151,14 @@ class ComfyServer:
     def object_info(self, node_type: str | None = None) -> dict:
         return self._get("/object_info" + (f"/{node_type}" if node_type else ""), timeout=120)
 
-    def queue(self, prompt: dict) -> str:
-        """POST /prompt; returns the prompt id or raises PromptRejected with the server's JSON."""
-        r = self._post("/prompt", {"prompt": prompt, "client_id": self.client_id})
+    def queue(self, prompt: dict, extra_data: dict | None = None) -> str:
+        """POST /prompt; returns the prompt id or raises PromptRejected with the server's JSON.
+
+        `extra_data` is what the frontend sends beside the prompt, e.g. {"extra_pnginfo": {"workflow": ...}}."""
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if extra_data is not None:
+            body["extra_data"] = extra_data
+        r = self._post("/prompt", body)
         try:
             payload = r.json()
         except ValueError:
@@ -182,8 +187,8 @@ class ComfyServer:
             pass
         raise ComfyError(f"prompt {prompt_id} not done after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def run(self, prompt: dict, timeout: float = 300.0) -> Result:
-        return self.wait(self.queue(prompt), timeout)
+    def run(self, prompt: dict, timeout: float = 300.0, extra_data: dict | None = None) -> Result:
+        return self.wait(self.queue(prompt, extra_data), timeout)
 
     def free(self) -> None:
         """Unload models and free memory between tests that load weights."""

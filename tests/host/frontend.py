@@ -5,6 +5,7 @@ request that does not go to the server is aborted: the page talks to 127.0.0.1 o
 """
 from __future__ import annotations
 
+import base64
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,12 @@ LOAD = """async (workflow) => {
 UNREGISTERED = """() => app.graph.nodes
     .filter((node) => !(node.type in LiteGraph.registered_node_types))
     .map((node) => node.type)"""
+
+# Hands the app a file as a drop on the canvas does (app.handleFile), from base64 bytes.
+HANDLE_FILE = """async ([name, type, data]) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    await app.handleFile(new File([bytes], name, {type}));
+}"""
 
 # Title included: [x, y, width, height] in canvas coordinates.
 NODE_BOXES = "() => Object.fromEntries(app.graph.nodes.map((node) => [node.id, [...node.boundingRect]]))"
@@ -88,6 +95,16 @@ class Frontend:
         if missing is None:  # loadGraphData returns early, after an error dialog, when configure() throws
             raise FrontendError(f"the frontend did not load the workflow; page errors: {self.errors}")
         return missing
+
+    def drop_file(self, path: Path, mime_type: str) -> None:
+        """Gives the frontend a file as if it were dropped on the canvas: a saved image or video with a workflow
+        in it replaces the graph."""
+        self.errors.clear()
+        self.page.evaluate(HANDLE_FILE, [path.name, mime_type, base64.b64encode(path.read_bytes()).decode()])
+
+    def graph_node_types(self) -> dict[str, str]:
+        """{node id: type} of the graph on the canvas."""
+        return self.page.evaluate("() => Object.fromEntries(app.graph.nodes.map((node) => [node.id, node.type]))")
 
     def unregistered_node_types(self) -> list[str]:
         return self.page.evaluate(UNREGISTERED)

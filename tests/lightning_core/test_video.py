@@ -271,3 +271,66 @@ def test_write_animated_round_trip(tmp_path, fmt):
 def test_write_nothing_is_an_error(tmp_path):
     with pytest.raises(video.VideoError, match="no frames to write to 'empty.gif'"):
         video.write_animated(tmp_path / "empty.gif", [], fps=8, format="gif")
+
+
+def sine_audio(seconds=4.0, rate=16000):
+    """A stereo test tone: 440 Hz left, 220 Hz right, as (waveform [2, samples], rate)."""
+    t = torch.arange(int(seconds * rate)) / rate
+    return torch.stack([torch.sin(2 * np.pi * 440 * t), torch.sin(2 * np.pi * 220 * t)]) * 0.5, rate
+
+
+def test_write_mp4_embeds_metadata_audio_crf_and_pixel_format(tmp_path):
+    metadata = {"prompt": '{"1": {"class_type": "EmptyImage"}}', "workflow": '{"nodes": []}'}
+    best, small = tmp_path / "best.mp4", tmp_path / "small.mp4"
+    video.write_mp4(best, frames_chunks(16), fps=8, crf=5, pix_fmt="yuv444p", audio=sine_audio(), metadata=metadata)
+    video.write_mp4(small, frames_chunks(16), fps=8, crf=40)
+    with av.open(str(best)) as container:
+        assert {k: container.metadata[k] for k in metadata} == metadata  # where the frontend reads them
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv444p"
+        audio = container.streams.audio[0]
+        assert (audio.codec_context.name, audio.channels, audio.rate) == ("aac", 2, 16000)
+    with av.open(str(small)) as container:
+        assert not container.streams.audio and container.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    assert best.stat().st_size > small.stat().st_size
+    waveform, rate = video.read_audio(best)
+    assert rate == 16000 and waveform.shape[0] == 2
+    assert 2.0 * rate <= waveform.shape[1] <= 2.0 * rate + 1024  # cut to the video's 2 s (plus AAC's last frame)
+    with pytest.raises(video.VideoError, match="pix_fmt is 'rgb24'"):
+        video.write_mp4(tmp_path / "bad.mp4", frames_chunks(2), fps=8, pix_fmt="rgb24")
+
+
+def test_read_audio_cuts_the_selected_span(tmp_path):
+    path = tmp_path / "tone.mp4"
+    video.write_mp4(path, frames_chunks(32), fps=8, audio=sine_audio())
+    whole, rate = video.read_audio(path)
+    part, _ = video.read_audio(path, start=1.0, duration=0.5)
+    assert part.shape == (2, rate // 2) and torch.equal(part, whole[:, rate:rate + rate // 2])
+    left = part[0].numpy()
+    spectrum = np.abs(np.fft.rfft(left))
+    assert abs(np.argmax(spectrum) * rate / len(left) - 440) < 5  # the left channel's tone survived AAC
+    assert video.selection_time_span(30.0, force_rate=10.0, skip_first_frames=5, frames=20, fps=5.0) == (0.5, 4.0)
+
+
+def test_a_video_without_sound_has_no_audio(tmp_path):
+    path = tmp_path / "silent.mp4"
+    video.write_mp4(path, frames_chunks(4), fps=8)
+    assert video.read_audio(path) is None
+
+
+@pytest.mark.parametrize("fmt, loop, stored", [("webp", 0, 0), ("webp", 3, 3), ("gif", 0, 0), ("gif", 3, 2),
+                                               ("gif", 1, None)])
+def test_loop_count_is_the_number_of_plays(tmp_path, fmt, loop, stored):
+    # WEBP's ANIM chunk counts plays; GIF's NETSCAPE block counts repeats after the first, and none plays once
+    path = tmp_path / f"loop.{fmt}"
+    video.write_animated(path, frames_chunks(3), fps=8, format=fmt, loop=loop)
+    with Image.open(path) as image:
+        assert image.info.get("loop") == stored
+
+
+def test_webp_holds_the_workflow_as_comfyuis_exif(tmp_path):
+    path = tmp_path / "with_workflow.webp"
+    video.write_animated(path, frames_chunks(3), fps=8, format="webp",
+                         metadata={"prompt": '{"p": 1}', "workflow": '{"w": 2}'})
+    with Image.open(path) as image:
+        exif = image.getexif()
+    assert exif[0x0110] == 'prompt:{"p": 1}' and exif[0x010F] == 'workflow:{"w": 2}'

@@ -157,3 +157,38 @@ def test_more_frames_than_the_position_encoding_is_refused(comfy, tiny_checkpoin
     prompt = graphs.lightning_sample(graphs.with_motion(graphs.base(tiny_checkpoint, frames=33), lightning_file))
     message = run_error(comfy, prompt)
     assert "batch_size is 33 frames" in message and "32" in message, message
+
+
+def test_animatelcm_files_get_animatediff_evolveds_lcm_schedule(comfy, comfy_base, tiny_checkpoint,
+                                                                tiny_motion_state_dict, write_motion):
+    # AnimateDiff-Evolved's autoselect gives AnimateLCM files its `lcm` schedule: ComfyUI's own
+    # ModelSamplingDiscreteDistilled + LCM on SD's "linear" betas, which is what the stock ModelSamplingDiscrete
+    # node sets with sampling=lcm on an SD1.5 model. Our apply node's `auto` must sample exactly like that.
+    assert any(key.startswith("mid_block.") for key in tiny_motion_state_dict)
+    animatelcm = write_motion("AnimateLCM_sd15_t2v.safetensors",  # no pos_encoder keys: an AnimateLCM file
+                              {k: v for k, v in tiny_motion_state_dict.items() if "pos_encoder" not in k})
+    prompt = graphs.with_motion(graphs.base(tiny_checkpoint, frames=4), animatelcm)  # "3": beta_schedule auto
+    prompt["30"] = {"class_type": "ADL_ApplyMotionModule", "inputs": {
+        "model": ["1", 0], "motion_module": ["2", 0], "effect": 1.0, "motion_scale": 1.0,
+        "beta_schedule": "animatediff"}}
+    prompt["31"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["30", 0], "sampling": "lcm",
+                                                                     "zsnr": False}}
+    stock = {"seed": 5, "steps": 4, "cfg": 1.0, "sampler_name": "lcm", "scheduler": "sgm_uniform",
+             "positive": ["4", 0], "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}
+    samplers = {"auto": {"class_type": "KSampler", "inputs": {**stock, "model": ["3", 0]}},
+                "evolved": {"class_type": "KSampler", "inputs": {**stock, "model": ["31", 0]}},
+                "animatediff": {"class_type": "KSampler", "inputs": {**stock, "model": ["30", 0]}},
+                "ours": {"class_type": "ADL_LightningKSampler", "inputs": {
+                    "model": ["3", 0], "seed": 5, "steps": 0, "cfg": 1.0, "positive": ["4", 0],
+                    "latent_image": ["5", 0], "denoise": 1.0}}}
+    for i, (name, node) in enumerate(samplers.items()):
+        prompt[f"4{i}"] = node
+        prompt[f"4{i}s"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"4{i}", 0],
+                                                                    "filename_prefix": f"tests/lcm_{name}"}}
+    comfy.run(prompt, timeout=600).raise_for_error()
+    latents = {name: load_file(str(saved_files(comfy_base, f"lcm_{name}_*.latent")[-1]))["latent_tensor"]
+               for name in samplers}
+    assert torch.equal(latents["auto"], latents["evolved"])
+    assert torch.equal(latents["ours"], latents["evolved"])
+    assert (latents["animatediff"] - latents["evolved"]).abs().max() > 1e-3, "the schedules must differ"
+    assert "AnimateLCM_sd15_t2v.safetensors: lcm noise schedule" in comfy.log()

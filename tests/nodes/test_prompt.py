@@ -99,9 +99,10 @@ def test_pre_and_app_text_are_joined_to_every_prompt(comfy, comfy_base, tiny_che
 
 
 @pytest.mark.parametrize("text,expected", [
-    (f"0: {CAT}\n{DOG}", f"line 2 ('{DOG}') is not `FRAME: prompt`"),
-    (f"0: {CAT}\n\n5: {DOG}", "line 3 ('5: a dog running on a beach'): frame 5 is out of range; frames are 0 to 4"),
-    (f"0: {CAT}\n-2: {DOG}", "line 2 ('-2: a dog running on a beach'): frame -2 is out of range"),
+    (f"0: {CAT}\n{DOG}", f"line 2 ('{DOG}') is not a keyframe"),
+    (f"0: {CAT}\n\n1.5: {DOG}", "line 3 ('1.5: a dog running on a beach'): a decimal index is a fraction"),
+    (f"0: {CAT}\n-6: {DOG}", "line 2 ('-6: a dog running on a beach'): frame -6 counts back past the first frame"),
+    (f"\n9: {DOG}", "every keyframe of the prompt schedule is past the last frame (4)"),
     (f"0: {CAT}\n0: {DOG}", "line 2 ('0: a dog running on a beach'): frame 0 is already set on line 1"),
     ("# nothing yet\n", "the prompt schedule is empty"),
 ])
@@ -117,6 +118,20 @@ def test_bad_schedules_are_named_and_the_server_keeps_serving(comfy, comfy_base,
     prompt["10"] = schedule_node(text=f"0: {CAT}")
     prompt["20s"]["inputs"]["filename_prefix"] = "tests/after_bad_schedule"
     comfy.run(prompt, timeout=600).raise_for_error()
+
+
+def test_a_connected_latent_sets_the_frame_count(comfy, comfy_base, tiny_checkpoint, lightning_file):
+    # `frames` says 8, the latent has FRAMES: the latent wins, and a keyframe past its end is dropped
+    prompt = graphs.with_motion(graphs.base(tiny_checkpoint, frames=FRAMES), lightning_file, effect=0.0)
+    prompt["10"] = schedule_node(text=SCHEDULE + f"7: {CAT}\n", frames=8)
+    prompt["10"]["inputs"]["latent"] = ["5", 0]
+    prompt.update({key: value for key, value in conditioning_nodes().items() if key != "10"})
+    sample_and_save(prompt, "20", "10", "latent_frames_schedule")
+    sample_and_save(prompt, "21", "13", "latent_frames_average")
+    comfy.run(prompt, timeout=600).raise_for_error()
+    assert "keyframes past the last frame (4) ignored, on line(s) 4" in comfy.log()
+    assert torch.equal(latent(comfy_base, "latent_frames_schedule")[3],
+                       latent(comfy_base, "latent_frames_average")[3])
 
 
 def test_a_schedule_for_another_frame_count_is_refused(comfy, tiny_checkpoint, lightning_file):

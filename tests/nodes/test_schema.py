@@ -1,28 +1,63 @@
-"""What the server tells the frontend about our nodes: one prefix, one category, a tooltip on every input."""
+"""What the server tells the frontend about our nodes: one prefix, a subcategory per job, display names no
+search can confuse with another pack's, a tooltip on every input."""
 
 from host import PACKAGE_DIR_NAME
 
-PREFIX, CATEGORY = "ADL_", "AnimateDiff-Lightning"
-NODE_IDS = {"ADL_LoadMotionModule", "ADL_MotionLoraLoader", "ADL_ApplyMotionModule", "ADL_LightningScheduler",
-            "ADL_LightningSampler", "ADL_LightningKSampler",
-            "ADL_ContextOptions", "ADL_PromptSchedule", "ADL_VAEDecodeChunked", "ADL_VAEEncodeChunked",
-            "ADL_LoadVideo", "ADL_LoadVideoLatent", "ADL_SaveVideo",
-            "ADL_CannyPreprocessor", "ADL_SoftEdgePreprocessor", "ADL_GrayscalePreprocessor", "ADL_TilePreprocessor"}
+PREFIX, PACK = "ADL_", "AnimateDiff-Lightning"
+SUFFIX = f" ({PACK})"
+CATEGORIES = {  # node id -> (menu category, display name): what the README and the workflows engineer refer to
+    "ADL_LoadMotionModule": ("motion module", "Load Motion Module"),
+    "ADL_MotionLoraLoader": ("motion module", "Load Motion LoRA"),
+    "ADL_ApplyMotionModule": ("motion module", "Apply Motion Module"),
+    "ADL_LightningScheduler": ("sampling", "Lightning Scheduler"),
+    "ADL_LightningSampler": ("sampling", "Lightning Euler"),
+    "ADL_LightningKSampler": ("sampling", "Lightning KSampler"),
+    "ADL_ContextOptions": ("long video", "Context Windows"),
+    "ADL_PromptSchedule": ("long video", "Prompt Travel Schedule"),
+    "ADL_VAEDecodeChunked": ("video", "VAE Decode Video in Chunks"),
+    "ADL_VAEEncodeChunked": ("video", "VAE Encode Video in Chunks"),
+    "ADL_LoadVideo": ("video", "Load Video File"),
+    "ADL_LoadVideoLatent": ("video", "Load Video File to Latent"),
+    "ADL_SaveVideo": ("video", "Save Video MP4/WEBP/GIF"),
+    "ADL_CannyPreprocessor": ("control", "Canny Edge Map"),
+    "ADL_SoftEdgePreprocessor": ("control", "Soft Edge Map (Sobel)"),
+    "ADL_GrayscalePreprocessor": ("control", "Grayscale / Threshold Map"),
+    "ADL_TilePreprocessor": ("control", "Tile Blur Map"),
+}
+# Display names of the same jobs in the packs our users also run (AnimateDiff-Evolved, VideoHelperSuite,
+# comfyui_controlnet_aux), without their emoji badges: ours must differ from each even without our suffix.
+PEER_NAMES = {"Load AnimateDiff Model", "Apply AnimateDiff Model", "Load AnimateDiff LoRA", "Context Options",
+              "Prompt Scheduling", "Load Video (Upload)", "Load Video (Path)", "Video Combine", "VAE Decode Batched",
+              "VAE Encode Batched", "Canny Edge", "HED Soft-Edge Lines", "Tile", "Binary Lines"}
 
 
-def test_every_node_is_registered_under_one_prefix_and_category(comfy):
-    info = comfy.object_info()
-    ours = {name: node for name, node in info.items() if PACKAGE_DIR_NAME in node.get("python_module", "")}
-    assert set(ours) == NODE_IDS
-    for name, node in ours.items():
+def ours(info):
+    return {name: node for name, node in info.items() if PACKAGE_DIR_NAME in node.get("python_module", "")}
+
+
+def test_every_node_is_registered_under_one_prefix_in_its_subcategory(comfy):
+    nodes = ours(comfy.object_info())
+    assert set(nodes) == set(CATEGORIES)
+    for name, node in nodes.items():
         assert name.startswith(PREFIX), name
-        assert node["category"] == CATEGORY, (name, node["category"])
+        assert (node["category"], node["display_name"]) == (f"{PACK}/{CATEGORIES[name][0]}",
+                                                            CATEGORIES[name][1] + SUFFIX), name
         assert node["description"], f"{name} has no description"
+
+
+def test_no_display_name_can_be_confused_with_a_stock_or_peer_node(comfy):
+    info = comfy.object_info()
+    others = {(node["display_name"] or name).lower() for name, node in info.items() if name not in CATEGORIES}
+    others |= {name.lower() for name in info if name not in CATEGORIES} | {n.lower() for n in PEER_NAMES}
+    mine = [node["display_name"] for node in ours(info).values()]
+    assert len(set(mine)) == len(mine)
+    for display in mine:
+        assert display.lower() not in others and display[:-len(SUFFIX)].lower() not in others, display
 
 
 def test_every_input_has_a_tooltip_and_every_number_a_default(comfy):
     info = comfy.object_info()
-    for name in NODE_IDS:
+    for name in CATEGORIES:
         node = info[name]
         for section in ("required", "optional"):
             for input_name, spec in node["input"].get(section, {}).items():
