@@ -50,17 +50,19 @@ def sampler(nid, model, positive, latent, steps=0, denoise=1.0, negative=None):
     return nid, "ADL_LightningKSampler", inputs, [("LATENT", "LATENT")], ["seed", "steps", "cfg", "denoise"]
 
 
-def save_video(first_id, images, prefix, fps=FPS):
+def save_video(first_id, images, prefix, fps=FPS, audio=None):
     """An animated WEBP and an H.264 MP4 of `images`, with stock nodes, ids first_id to first_id + 2.
 
-    `fps`: a number, or a link to a frame rate output (e.g. a video loader's), made a WidgetLink here."""
+    `fps`: a number, or a link to a frame rate output (e.g. a video loader's), made a WidgetLink here.
+    `audio`: a link to an AUDIO output (e.g. a video loader's) for the MP4, or None."""
     if is_link(fps):
         fps = WidgetLink(*fps[:2], FPS)
+    video = {"images": images, **({"audio": audio} if audio else {}), "fps": fps}  # the node's input order
     return [
         (first_id, "SaveAnimatedWEBP", {"images": images, "filename_prefix": prefix, "fps": fps, "lossless": False,
                                         "quality": 90, "method": "default"},
          [], ["filename_prefix", "fps", "lossless", "quality", "method"]),
-        (first_id + 1, "CreateVideo", {"images": images, "fps": fps}, [("VIDEO", "VIDEO")], ["fps"]),
+        (first_id + 1, "CreateVideo", video, [("VIDEO", "VIDEO")], ["fps"]),
         (first_id + 2, "SaveVideo", {"video": (first_id + 1, 0), "filename_prefix": prefix, "format": "mp4",
                                      "codec": "h264"},
          [], ["filename_prefix", "format", "codec"]),
@@ -106,7 +108,7 @@ def controlnet_loader(nid, control):
 
 VIDEO_SELECTION = ["force_rate", "force_width", "force_height", "frame_load_cap", "skip_first_frames",
                    "select_every_nth"]
-VIDEO_OUTPUTS = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT")]
+VIDEO_OUTPUTS = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT"), ("audio", "AUDIO")]
 
 
 def video_selection(frames):
@@ -141,7 +143,7 @@ def video_to_video(control, steps=4):
         apply_controlnet(9, (4, 0), (15, 0), (8, 0), (7, 0)),
         sampler(10, (3, 0), (9, 0), (6, 0), denoise=0.75, negative=(9, 1)),
         (11, "VAEDecode", {"samples": (10, 0), "vae": (1, 2)}, [("IMAGE", "IMAGE")], []),
-        *save_video(12, (11, 0), f"AnimateDiff-Lightning/v2v_{control}_{steps}step", fps=(5, 2)),
+        *save_video(12, (11, 0), f"AnimateDiff-Lightning/v2v_{control}_{steps}step", fps=(5, 2), audio=(5, 3)),
         negative_prompt(15),
     ]
 
@@ -171,7 +173,7 @@ def long_video_to_video(steps=4, frames=256):
         sampler(12, (4, 0), (11, 0), (7, 0), denoise=0.75, negative=(11, 1)),
         (13, "ADL_VAEDecodeChunked", {"samples": (12, 0), "vae": (1, 2), "frames_per_chunk": 16},
          [("IMAGE", "IMAGE")], ["frames_per_chunk"]),
-        *save_video(14, (13, 0), f"AnimateDiff-Lightning/v2v_long_canny_{steps}step", fps=(7, 2)),
+        *save_video(14, (13, 0), f"AnimateDiff-Lightning/v2v_long_canny_{steps}step", fps=(7, 2), audio=(7, 3)),
     ]
 
 
@@ -192,8 +194,9 @@ def long_video(kind, steps=4, frames=64):
     options = {"context_length": 16, "context_overlap": 4, "schedule": "looped_uniform" if loop else "standard_uniform",
                "fuse_method": "pyramid", "windows_per_batch": 1, "freenoise": False, "closed_loop": loop}
     if kind == "travel":
+        # the frame count comes from the latent (`frames` is then ignored)
         prompt = (5, "ADL_PromptSchedule", {"clip": (1, 1), "text": TRAVEL_SCHEDULE, "frames": frames, "pre_text": "",
-                                            "app_text": "cinematic lighting, masterpiece"},
+                                            "app_text": "cinematic lighting, masterpiece", "latent": (6, 0)},
                   [("CONDITIONING", "CONDITIONING")], ["text", "frames", "pre_text", "app_text"])
     else:
         prompt = (5, "CLIPTextEncode", {"text": LOOP_PROMPT if loop else LONG_PROMPT, "clip": (1, 1)},

@@ -62,6 +62,13 @@ def test_negative_prompt_is_its_own_empty_prompt(api_file):
             assert prompt[source]["class_type"] == "CLIPTextEncode" and prompt[source]["inputs"]["text"] == ""
 
 
+def test_prompt_travel_takes_its_frame_count_from_the_latent():
+    prompt = json.loads((WORKFLOWS / "api" / "animatediff_lightning_4step_t2v_travel.json").read_text())
+    [schedule] = [node["inputs"] for node in prompt.values() if node["class_type"] == "ADL_PromptSchedule"]
+    [sampler] = [node["inputs"] for node in prompt.values() if node["class_type"] == "ADL_LightningKSampler"]
+    assert schedule["latent"] == sampler["latent_image"]
+
+
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
 def test_ui_twin_matches_api(comfy, api_file):
     api = json.loads(api_file.read_text())
