@@ -3,18 +3,21 @@
 Official file names, random stand-in weights (the tiny checkpoint, a motion module and an official-layout
 ControlNet), a 24 fps synthetic clip made with opencv in input/ (the pose video too), 64x64 and 4 frames instead of
 512x512 and 16 (the long workflow: 10 frames in windows of 6 instead of 256 in windows of 16). The loaders resample
-to 12 fps instead of 8, so the saved videos show that their frame rate comes from the loader. The UI twins are
-checked with every other workflow in test_workflows.py.
+to 12 fps instead of 8 and input.mp4 has a sound track, so the saved videos show that their frame rate and sound
+come from the loader. The UI twins are checked with every other workflow in test_workflows.py.
 """
 import json
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fixtures.controlnet import tiny_controlnet, write_source_video  # noqa: F401 (fixture)
 from host import output_files
+from lightning_core import video as video_io
 
 API_DIR = Path(__file__).resolve().parents[2] / "workflows" / "api"
 V2V_FILES = sorted(API_DIR.glob("*_v2v_*.json"))
@@ -26,6 +29,17 @@ def test_canny_openpose_and_long_workflows_are_shipped():
     assert {p.name for p in V2V_FILES} == {"animatediff_lightning_4step_v2v_canny.json",
                                            "animatediff_lightning_4step_v2v_openpose.json",
                                            "animatediff_lightning_4step_v2v_long.json"}
+
+
+def add_sound(path, fps, rate=16000):
+    """Rewrites a clip with a stereo tone under it (the source's audio that the MP4 must carry)."""
+    with av.open(str(path)) as container:
+        frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    t = torch.arange(round(rate * len(frames) / fps)) / rate
+    tone = torch.stack([torch.sin(2 * np.pi * 440 * t), torch.sin(2 * np.pi * 660 * t)]) * 0.5
+    part = path.with_name(path.stem + ".sound" + path.suffix)
+    video_io.write_mp4(part, [torch.from_numpy(frames)], fps=fps, audio=(tone, rate))
+    part.replace(path)
 
 
 def nodes_by_class(prompt):
@@ -70,7 +84,10 @@ def test_v2v_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, tin
     for options in by_class.get("ADL_ContextOptions", []):
         options.update(context_length=LONG_CONTEXT, context_overlap=LONG_OVERLAP)
     for video in by_class["ADL_LoadVideo"] + by_class.get("ADL_LoadVideoLatent", []):
-        write_source_video(comfy_base / "input" / video["file"], frames=SOURCE_FRAMES, size=SIZE, fps=SOURCE_FPS)
+        source = write_source_video(comfy_base / "input" / video["file"], frames=SOURCE_FRAMES, size=SIZE,
+                                    fps=SOURCE_FPS)
+        if video["file"] == "input.mp4":
+            add_sound(source, SOURCE_FPS)
         video.update(force_rate=FPS, force_width=SIZE, force_height=SIZE, frame_load_cap=frames)
 
     result = comfy.run(prompt, timeout=600).raise_for_error()
@@ -85,4 +102,5 @@ def test_v2v_workflow_runs(comfy, comfy_base, tiny_checkpoint, write_motion, tin
     with av.open(str(mp4)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264" and float(stream.average_rate) == pytest.approx(FPS)
+        assert len(container.streams.audio) == 1  # the source's sound, from the loader's audio output
         assert sum(1 for _ in container.decode(stream)) == frames
