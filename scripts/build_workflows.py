@@ -14,6 +14,17 @@ FPS = 8.0
 
 # (node id, class, {input: value or (source id, output slot)}, [(output name, type)], widget order)
 # Widget order is the node's input order in /object_info; `seed` carries an extra "control after generate" value.
+# A widget fed by a link (a widget converted to an input) is a WidgetLink: it stays in the widget order, since the
+# frontend keeps a value for the widget behind the link.
+
+
+class WidgetLink(tuple):
+    """(source id, output slot) into a widget's input, with the value the hidden widget keeps in the UI file."""
+
+    def __new__(cls, source, slot, value):
+        link = super().__new__(cls, (source, slot))
+        link.value = value
+        return link
 
 
 def motion_model(steps):
@@ -29,20 +40,29 @@ def motion_model(steps):
     ]
 
 
-def sampler(nid, model, positive, latent, steps, denoise=1.0):
-    """Our one-node Lightning sampler."""
-    return (nid, "ADL_LightningKSampler", {"model": model, "seed": 42, "steps": steps, "cfg": 1.0, "positive": positive,
-                                           "latent_image": latent, "denoise": denoise},
-            [("LATENT", "LATENT")], ["seed", "steps", "cfg", "denoise"])
+def sampler(nid, model, positive, latent, steps=0, denoise=1.0, negative=None):
+    """Our one-node Lightning sampler: steps 0 is the motion file's own step count (swapping the file just works),
+    and the seed is randomized after every queue in the UI (the API file keeps this one)."""
+    inputs = {"model": model, "seed": 42, "steps": steps, "cfg": 1.0, "positive": positive, "latent_image": latent,
+              "denoise": denoise}
+    if negative is not None:
+        inputs["negative"] = negative
+    return nid, "ADL_LightningKSampler", inputs, [("LATENT", "LATENT")], ["seed", "steps", "cfg", "denoise"]
 
 
-def save_video(first_id, images, prefix):
-    """An animated WEBP and an H.264 MP4 of `images`, with stock nodes, ids first_id to first_id + 2."""
+def save_video(first_id, images, prefix, fps=FPS, audio=None):
+    """An animated WEBP and an H.264 MP4 of `images`, with stock nodes, ids first_id to first_id + 2.
+
+    `fps`: a number, or a link to a frame rate output (e.g. a video loader's), made a WidgetLink here.
+    `audio`: a link to an AUDIO output (e.g. a video loader's) for the MP4, or None."""
+    if is_link(fps):
+        fps = WidgetLink(*fps[:2], FPS)
+    video = {"images": images, **({"audio": audio} if audio else {}), "fps": fps}  # the node's input order
     return [
-        (first_id, "SaveAnimatedWEBP", {"images": images, "filename_prefix": prefix, "fps": FPS, "lossless": False,
+        (first_id, "SaveAnimatedWEBP", {"images": images, "filename_prefix": prefix, "fps": fps, "lossless": False,
                                         "quality": 90, "method": "default"},
          [], ["filename_prefix", "fps", "lossless", "quality", "method"]),
-        (first_id + 1, "CreateVideo", {"images": images, "fps": FPS}, [("VIDEO", "VIDEO")], ["fps"]),
+        (first_id + 1, "CreateVideo", video, [("VIDEO", "VIDEO")], ["fps"]),
         (first_id + 2, "SaveVideo", {"video": (first_id + 1, 0), "filename_prefix": prefix, "format": "mp4",
                                      "codec": "h264"},
          [], ["filename_prefix", "format", "codec"]),
@@ -60,7 +80,7 @@ def text_to_video(steps):
         *motion_model(steps),
         (4, "CLIPTextEncode", {"text": PROMPT, "clip": (1, 1)}, [("CONDITIONING", "CONDITIONING")], ["text"]),
         empty_latent(5, 16),
-        sampler(6, (3, 0), (4, 0), (5, 0), steps),
+        sampler(6, (3, 0), (4, 0), (5, 0)),
         (7, "VAEDecode", {"samples": (6, 0), "vae": (1, 2)}, [("IMAGE", "IMAGE")], []),
         *save_video(8, (7, 0), f"AnimateDiff-Lightning/t2v_{steps}step"),
     ]
@@ -70,36 +90,90 @@ V2V_CONTROLNETS = {"canny": "control_v11p_sd15_canny.pth", "openpose": "control_
 V2V_PROMPT = "a watercolor painting of a woman dancing in a garden, soft light, masterpiece"
 
 
+def negative_prompt(nid):
+    """An empty negative prompt of its own: used only at cfg above 1, where the positive would guide nothing."""
+    return nid, "CLIPTextEncode", {"text": "", "clip": (1, 1)}, [("CONDITIONING", "CONDITIONING")], ["text"]
+
+
+def apply_controlnet(nid, positive, negative, control_net, image):
+    return (nid, "ControlNetApplyAdvanced", {"positive": positive, "negative": negative, "control_net": control_net,
+                                             "image": image, "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+            [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], ["strength", "start_percent", "end_percent"])
+
+
+def controlnet_loader(nid, control):
+    return (nid, "ControlNetLoader", {"control_net_name": V2V_CONTROLNETS[control]}, [("CONTROL_NET", "CONTROL_NET")],
+            ["control_net_name"])
+
+
+VIDEO_SELECTION = ["force_rate", "force_width", "force_height", "frame_load_cap", "skip_first_frames",
+                   "select_every_nth"]
+VIDEO_OUTPUTS = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT"), ("audio", "AUDIO")]
+
+
+def video_selection(frames):
+    """The loaders' frame selection: `frames` frames at 8 fps and 512x512 from the start of the file."""
+    return dict(zip(VIDEO_SELECTION, (FPS, 512, 512, frames, 0, 1)))
+
+
+def load_video(nid, file, frames):
+    return nid, "ADL_LoadVideo", {"file": file, **video_selection(frames)}, VIDEO_OUTPUTS, ["file", *VIDEO_SELECTION]
+
+
 def video_to_video(control, steps=4):
-    """Video-to-video with one ControlNet: 16 frames of input.mp4 at 8 fps and 512x512, denoise 0.75 (749, 499, 249).
+    """Video-to-video with one ControlNet: 16 frames of input.mp4 at 8 fps and 512x512, denoise 0.75 (749, 499, 249),
+    saved at the loader's frame rate.
 
     canny: control images from our canny preprocessor on the source frames. openpose: pose images from a
     second video, input_pose.mp4 (e.g. rendered by DWPose/OpenPose from comfyui_controlnet_aux); replace that
     loader by the pose preprocessor node to compute them in the same graph.
     """
-    video = {"force_rate": FPS, "force_width": 512, "force_height": 512, "frame_load_cap": 16,
-             "skip_first_frames": 0, "select_every_nth": 1}
-    video_widgets = ["file", *video]
-    video_outputs = [("IMAGE", "IMAGE"), ("frame_count", "INT"), ("fps", "FLOAT"), ("audio", "AUDIO")]
     if control == "canny":
         hint = (7, "ADL_CannyPreprocessor", {"images": (5, 0), "low_threshold": 100, "high_threshold": 200},
                 [("IMAGE", "IMAGE")], ["low_threshold", "high_threshold"])
     else:
-        hint = (7, "ADL_LoadVideo", {"file": "input_pose.mp4", **video}, video_outputs, video_widgets)
+        hint = load_video(7, "input_pose.mp4", 16)
     return [
         *motion_model(steps),
         (4, "CLIPTextEncode", {"text": V2V_PROMPT, "clip": (1, 1)}, [("CONDITIONING", "CONDITIONING")], ["text"]),
-        (5, "ADL_LoadVideo", {"file": "input.mp4", **video}, video_outputs, video_widgets),
+        load_video(5, "input.mp4", 16),
         (6, "VAEEncode", {"pixels": (5, 0), "vae": (1, 2)}, [("LATENT", "LATENT")], []),
         hint,
-        (8, "ControlNetLoader", {"control_net_name": V2V_CONTROLNETS[control]}, [("CONTROL_NET", "CONTROL_NET")],
-         ["control_net_name"]),
-        (9, "ControlNetApplyAdvanced", {"positive": (4, 0), "negative": (4, 0), "control_net": (8, 0), "image": (7, 0),
-                                        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
-         [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], ["strength", "start_percent", "end_percent"]),
-        sampler(10, (3, 0), (9, 0), (6, 0), steps, denoise=0.75),
+        controlnet_loader(8, control),
+        apply_controlnet(9, (4, 0), (15, 0), (8, 0), (7, 0)),
+        sampler(10, (3, 0), (9, 0), (6, 0), denoise=0.75, negative=(9, 1)),
         (11, "VAEDecode", {"samples": (10, 0), "vae": (1, 2)}, [("IMAGE", "IMAGE")], []),
-        *save_video(12, (11, 0), f"AnimateDiff-Lightning/v2v_{control}_{steps}step"),
+        *save_video(12, (11, 0), f"AnimateDiff-Lightning/v2v_{control}_{steps}step", fps=(5, 2), audio=(5, 3)),
+        negative_prompt(15),
+    ]
+
+
+def long_video_to_video(steps=4, frames=256):
+    """Video-to-video over `frames` frames of input.mp4 (8 fps, 512x512) in context windows of 16 (overlap 4).
+
+    The source goes to LATENT in 16-frame chunks (its full-size frames are never held), the canny ControlNet gets
+    each window's own control frames, and the result is decoded in chunks. The control frames come from a second
+    loader of the same file and selection, since canny needs pixels.
+    """
+    options = {"context_length": 16, "context_overlap": 4, "schedule": "standard_uniform", "fuse_method": "pyramid",
+               "windows_per_batch": 1, "freenoise": False, "closed_loop": False}
+    selection = video_selection(frames)
+    return [
+        *motion_model(steps),
+        (4, "ADL_ContextOptions", {"model": (3, 0), **options}, [("MODEL", "MODEL")], list(options)),
+        (5, "CLIPTextEncode", {"text": V2V_PROMPT, "clip": (1, 1)}, [("CONDITIONING", "CONDITIONING")], ["text"]),
+        negative_prompt(6),
+        (7, "ADL_LoadVideoLatent", {"file": "input.mp4", "vae": (1, 2), **selection, "frames_per_chunk": 16},
+         [("LATENT", "LATENT"), *VIDEO_OUTPUTS[1:]], ["file", *VIDEO_SELECTION, "frames_per_chunk"]),
+        load_video(8, "input.mp4", frames),
+        (9, "ADL_CannyPreprocessor", {"images": (8, 0), "low_threshold": 100, "high_threshold": 200},
+         [("IMAGE", "IMAGE")], ["low_threshold", "high_threshold"]),
+        controlnet_loader(10, "canny"),
+        apply_controlnet(11, (5, 0), (6, 0), (10, 0), (9, 0)),
+        sampler(12, (4, 0), (11, 0), (7, 0), denoise=0.75, negative=(11, 1)),
+        (13, "ADL_VAEDecodeChunked", {"samples": (12, 0), "vae": (1, 2), "frames_per_chunk": 16},
+         [("IMAGE", "IMAGE")], ["frames_per_chunk"]),
+        *save_video(14, (13, 0), f"AnimateDiff-Lightning/v2v_long_canny_{steps}step", fps=(7, 2), audio=(7, 3)),
     ]
 
 
@@ -120,8 +194,9 @@ def long_video(kind, steps=4, frames=64):
     options = {"context_length": 16, "context_overlap": 4, "schedule": "looped_uniform" if loop else "standard_uniform",
                "fuse_method": "pyramid", "windows_per_batch": 1, "freenoise": False, "closed_loop": loop}
     if kind == "travel":
+        # the frame count comes from the latent (`frames` is then ignored)
         prompt = (5, "ADL_PromptSchedule", {"clip": (1, 1), "text": TRAVEL_SCHEDULE, "frames": frames, "pre_text": "",
-                                            "app_text": "cinematic lighting, masterpiece"},
+                                            "app_text": "cinematic lighting, masterpiece", "latent": (6, 0)},
                   [("CONDITIONING", "CONDITIONING")], ["text", "frames", "pre_text", "app_text"])
     else:
         prompt = (5, "CLIPTextEncode", {"text": LOOP_PROMPT if loop else LONG_PROMPT, "clip": (1, 1)},
@@ -131,7 +206,7 @@ def long_video(kind, steps=4, frames=64):
         (4, "ADL_ContextOptions", {"model": (3, 0), **options}, [("MODEL", "MODEL")], list(options)),
         prompt,
         empty_latent(6, frames),
-        sampler(7, (4, 0), (5, 0), (6, 0), steps),
+        sampler(7, (4, 0), (5, 0), (6, 0)),
         (8, "ADL_VAEDecodeChunked", {"samples": (7, 0), "vae": (1, 2), "frames_per_chunk": 16},
          [("IMAGE", "IMAGE")], ["frames_per_chunk"]),
         *save_video(9, (8, 0), f"AnimateDiff-Lightning/t2v_{kind}_{steps}step"),
@@ -166,7 +241,7 @@ def ipadapter_long_video(steps=4, frames=64):
         (8, "ADL_ContextOptions", {"model": (7, 0), **options}, [("MODEL", "MODEL")], list(options)),
         (9, "CLIPTextEncode", {"text": IPADAPTER_PROMPT, "clip": (1, 1)}, [("CONDITIONING", "CONDITIONING")], ["text"]),
         empty_latent(10, frames),
-        sampler(11, (8, 0), (9, 0), (10, 0), steps),
+        sampler(11, (8, 0), (9, 0), (10, 0)),
         (12, "ADL_VAEDecodeChunked", {"samples": (11, 0), "vae": (1, 2), "frames_per_chunk": 16},
          [("IMAGE", "IMAGE")], ["frames_per_chunk"]),
         *save_video(13, (12, 0), f"AnimateDiff-Lightning/t2v_ipadapter_long_{steps}step"),
@@ -410,12 +485,15 @@ def to_ui(graph):
             if is_link(value):
                 src, slot = value
                 links.append([len(links) + 1, src, slot, nid, len(node_inputs), outputs_of[src][slot][1]])
-                node_inputs.append({"name": name, "type": outputs_of[src][slot][1], "link": len(links)})
+                node_input = {"name": name, "type": outputs_of[src][slot][1], "link": len(links)}
+                if name in widgets:  # a widget converted to an input
+                    node_input["widget"] = {"name": name}
+                node_inputs.append(node_input)
         values = []
         for name in widgets:
-            values.append(inputs[name])
+            values.append(inputs[name].value if is_link(inputs[name]) else inputs[name])
             if name == "seed":
-                values.append("fixed")
+                values.append("randomize")  # a new video each time the graph is queued
         nodes.append({"id": nid, "type": cls, "pos": pos[nid], "size": size[nid], "flags": {},
                       "order": execution_order[nid], "mode": 0,
                       "inputs": node_inputs, "outputs": [], "properties": {"Node name for S&R": cls},
@@ -439,6 +517,7 @@ def graphs():
                   for control in V2V_CONTROLNETS})
     named.update({f"animatediff_lightning_4step_t2v_{kind}.json": long_video(kind) for kind in ("travel", "long", "loop")})
     named["animatediff_lightning_4step_t2v_ipadapter_long.json"] = ipadapter_long_video()
+    named["animatediff_lightning_4step_v2v_long.json"] = long_video_to_video()
     return named
 
 

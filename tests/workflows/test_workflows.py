@@ -23,12 +23,12 @@ def ui_to_api(ui, object_info):
         for section in ("required", "optional"):
             for name in info["input_order"].get(section, []):
                 spec = info["input"][section][name]
-                if name in linked:
-                    inputs[name] = [str(linked[name][1]), linked[name][2]]
-                elif isinstance(spec[0], list) or spec[0] in WIDGET_TYPES:
-                    inputs[name] = next(values)
+                if isinstance(spec[0], list) or spec[0] in WIDGET_TYPES:
+                    inputs[name] = next(values)  # a linked widget keeps its value behind the link
                     if len(spec) > 1 and spec[1].get("control_after_generate"):
                         next(values)  # "fixed" / "randomize": a UI-only value
+                if name in linked:
+                    inputs[name] = [str(linked[name][1]), linked[name][2]]
         assert next(values, None) is None, f"node {node['id']} ({node['type']}) has extra widget values"
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
@@ -37,6 +37,34 @@ def ui_to_api(ui, object_info):
 def test_every_api_workflow_has_a_ui_twin():
     assert [p.name for p in API_FILES] == sorted(p.name for p in WORKFLOWS.glob("*.json"))
     assert {f"animatediff_lightning_{n}step_t2v.json" for n in (1, 2, 4, 8)} <= {p.name for p in API_FILES}
+
+
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
+def test_queueing_again_makes_a_new_video_with_the_files_own_steps(api_file):
+    ui = json.loads((WORKFLOWS / api_file.name).read_text())
+    samplers = [node for node in ui["nodes"] if node["type"] == "ADL_LightningKSampler"]
+    assert samplers
+    for node in samplers:
+        seed, control, steps = node["widgets_values"][:3]
+        assert isinstance(seed, int) and control == "randomize" and steps == 0  # 0: the motion file's step count
+
+
+@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
+def test_negative_prompt_is_its_own_empty_prompt(api_file):
+    prompt = json.loads(api_file.read_text())
+    for node in prompt.values():
+        if "negative" in node["inputs"]:
+            source, _ = node["inputs"]["negative"]
+            while prompt[source]["class_type"] == "ControlNetApplyAdvanced":  # passes the negative through
+                source, _ = prompt[source]["inputs"]["negative"]
+            assert prompt[source]["class_type"] == "CLIPTextEncode" and prompt[source]["inputs"]["text"] == ""
+
+
+def test_prompt_travel_takes_its_frame_count_from_the_latent():
+    prompt = json.loads((WORKFLOWS / "api" / "animatediff_lightning_4step_t2v_travel.json").read_text())
+    [schedule] = [node["inputs"] for node in prompt.values() if node["class_type"] == "ADL_PromptSchedule"]
+    [sampler] = [node["inputs"] for node in prompt.values() if node["class_type"] == "ADL_LightningKSampler"]
+    assert schedule["latent"] == sampler["latent_image"]
 
 
 @pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
