@@ -12,6 +12,7 @@ teacher's n forward passes per step.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -37,8 +38,9 @@ class DistInfo:
         return self.world_size > 1 or dist.is_initialized()
 
 
-def setup(device: str = "auto") -> DistInfo:
-    """Reads torchrun's env (RANK, LOCAL_RANK, WORLD_SIZE); init NCCL on GPU, gloo on CPU (nanoGPT style)."""
+def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Reads torchrun's env (RANK, LOCAL_RANK, WORLD_SIZE); init NCCL on GPU, gloo on CPU (nanoGPT style).
+    Every collective then fails after timeout_s seconds instead of hanging (a rank that died, a stuck save)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if int(os.environ.get("RANK", -1)) == -1:
@@ -51,7 +53,8 @@ def setup(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, local_rank, world_size, dev)
 
 
