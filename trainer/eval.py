@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -31,55 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_core import sampling
+from trainer.config import EvalBase, EvalConfig
 from trainer.data import DataError
 
 log = logging.getLogger("trainer.eval")
 
 DEFAULT_PROMPTS = ["a red fox running through snow", "waves crashing on a rocky beach at sunset",
                    "a woman walking in a busy city street", "fireworks over a river at night"]
-
-
-@dataclass
-class EvalBase:
-    name: str
-    path: str
-    seen: bool = True
-    """Was this base in the training ranks table (Table 2: RV, TY seen; DS, DV unseen)?"""
-
-
-@dataclass
-class EvalConfig:
-    bases: list[EvalBase] = field(default_factory=list)
-    """Bases to evaluate on; empty: every distinct base of the ranks table (all seen)."""
-    prompts: str = ""
-    """A .txt or .csv prompt file (paper: 100 random WebVid prompts); empty: four built-in prompts."""
-    prompt_column: str = "name"
-    num_prompts: int = 0
-    """Use the first N prompts (0: all)."""
-    seed: int = 0
-    student: str = ""
-    """Motion module to evaluate; empty under `python -m trainer train`: the stage's student."""
-    student_steps: int = 4
-    reference_steps: int = 32
-    reference_cfg: float = 7.5
-    frames: int = 0
-    """Frames per clip (0: data.frames)."""
-    size: int = 0
-    """Square size in pixels (0: data.size)."""
-    i3d: str = ""
-    """I3D state dict (.safetensors or .pt) for FVD; empty: no FVD."""
-    clip: str = ""
-    """CLIP checkpoint (.safetensors, transformers layout) for the CLIP score; empty: no CLIP score."""
-    output: str = ""
-    """Folder for eval.jsonl, grids, MP4s and cached reference latents (empty: run.out_dir/eval)."""
-    every_stage: bool = False
-    """Under `python -m trainer train`: evaluate the student at the end of every stage."""
-    save_mp4: bool = True
-    fps: int = 8
-
-    def __post_init__(self):
-        if min(self.student_steps, self.reference_steps) < 1 or self.num_prompts < 0:
-            raise DataError("eval: student_steps and reference_steps must be >= 1, num_prompts >= 0")
 
 
 # ----------------------------------------------------------------------------- metrics
