@@ -18,9 +18,8 @@ FUSE_TOOLTIP = ("How the windows' results are averaged where they overlap. pyram
 def check_context_options(model, context_length, context_overlap, fuse_method):
     """Fails early, naming the parameter, on windows the motion module or the schedule cannot use."""
     limit = host.motion_settings(model).get("position_encoding_length")
-    if limit and context_length > limit:
-        raise ValueError(f"context_length is {context_length} but this motion module's position encoding covers "
-                         f"{limit} frames; use a context_length of at most {limit} (16 is what it was trained on)")
+    context.check_frames("context_length", context_length, limit,
+                         f"use a context_length of at most {limit} (16 is what it was trained on)")
     if context_overlap >= context_length:
         raise ValueError(f"context_overlap is {context_overlap} but must be smaller than context_length "
                          f"({context_length}), or the windows would not advance")

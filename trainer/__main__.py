@@ -56,8 +56,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
     from trainer.sd15 import BaseModelError
-    from trainer.train import NonFiniteLossError
-    return (ConfigError, BaseModelError, MotionFormatError, DataError, CheckpointError, NonFiniteLossError)
+    from trainer.train import MemoryPlanError, NonFiniteLossError, RankDivergenceError
+    return (ConfigError, BaseModelError, MotionFormatError, DataError, CheckpointError, NonFiniteLossError,
+            RankDivergenceError, MemoryPlanError)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,11 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def ranks_where(flag: bool, device) -> list[int]:
+    """The ranks on which flag is True (the same list on every rank)."""
+    return [r for r, v in enumerate(gather_floats(1.0 if flag else 0.0, device)) if v]
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every rank when flag is True on any rank (e.g. a non-finite loss)."""
     if not dist.is_initialized():
@@ -135,3 +140,25 @@ def any_rank(flag: bool, device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_floats(value: float, device) -> list[float]:
+    """Every rank's value, in rank order (one all_reduce of a world-size vector); [value] without a group."""
+    if not dist.is_initialized():
+        return [float(value)]
+    t = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    t[dist.get_rank()] = value
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def mean_by_group(values: dict[str, float], group: int, num_groups: int, device) -> dict[str, list[float | None]]:
+    """Per-group means over ranks ({key: [mean of group g, ...]}, None for a group no rank is in)."""
+    keys = sorted(values)
+    t = torch.zeros(num_groups, len(keys) + 1, dtype=torch.float64, device=device)
+    t[group, :-1] = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t[group, -1] = 1
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    counts = t[:, -1].tolist()
+    return {k: [row[i] / n if n else None for row, n in zip(t[:, :-1].tolist(), counts)] for i, k in enumerate(keys)}

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_core import sampling, schedule
+from lightning_core.files import atomic_path
 from trainer import shards
 from trainer.shards import DTYPES
 from trainer.config import Config, check, rank_config
@@ -115,13 +116,11 @@ def sample_clips(base, teacher, prompts: list[str], seeds: list[int], frames: in
 def write_mp4(path: Path, pixels: torch.Tensor, fps: int) -> None:
     """float pixels [f, 3, H, W] in [-1, 1] -> an mp4v file, written under a temporary name and renamed."""
     frames = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
 
 
 def _adoptable(path: Path, records: list[dict]) -> bool:

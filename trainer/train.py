@@ -25,8 +25,10 @@ import contextlib
 import hashlib
 import json
 import math
+import platform
 import random
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +37,24 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_core import losses
-from trainer import checkpoint, distill, distributed
-from trainer.config import Config, StageConfig, check, dump_toml, rank_config, teacher_steps, to_dict
+from trainer import checkpoint, distill, distributed, memory
+from trainer.config import Config, StageConfig, check, config_digest, dump_toml, rank_config, teacher_steps, to_dict
 from trainer.data import ClipLoader, build_loader
 from trainer.discriminator import Discriminator
 from trainer.export import export_student
-from trainer.models import RankModels, load_rank_models, motion_from_state, write_tiny_models
+from trainer.memory import MemoryPlanError
+from trainer.models import RankModels, flow_names, load_rank_models, motion_from_state, write_tiny_models
+
+PER_BASE_KEYS = ("loss_g", "loss_d", "d_accuracy")
+"""Metrics also logged per base model (flow) as '<key>/<flow name>', next to their mean over all ranks."""
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; the message names the stage and step."""
+    """A loss or grad norm became NaN or infinite; the message names the ranks, stage and step."""
+
+
+class RankDivergenceError(RuntimeError):
+    """Ranks that must hold the same student / D (or the same base) do not; the message names them."""
 
 
 @dataclass
@@ -63,6 +73,7 @@ class Run:
     noise_gen: torch.Generator
     """Every random draw of the training math comes from here (checkpointed per rank)."""
     loader: ClipLoader
+    writer: checkpoint.Writer
     batches: object = None
 
     @property
@@ -88,6 +99,8 @@ class Progress:
     global_step: int = 0
     distilled: dict = field(default_factory=dict)
     """student_steps -> state dict of the students that later stages use as teachers."""
+    skipped_steps: int = 0
+    """Optimizer steps skipped for a non-finite loss (run.on_nonfinite = 'skip')."""
 
 
 @dataclass
@@ -109,35 +122,44 @@ class Stage:
 
 
 def train(cfg: Config, info: distributed.DistInfo, allow_changed=()) -> dict:
-    """Runs (or resumes) every stage; returns the last logged metrics."""
+    """Runs (or resumes) every stage; returns the last logged metrics. `allow_changed`: config keys a resume
+    may find changed since the checkpoint (--resume.allow_changed)."""
     check(cfg, "train", info.world_size)
     run = setup(cfg, info)
-    progress, resumed = resume(run)
     log = MetricsLog(run)
-    first_step, last = progress.global_step, {}
-    out_of_time = False
-    while progress.stage < len(cfg.stages) and not out_of_time:
-        stage = start_stage(run, progress, resumed)
-        resumed = None
-        bar = tqdm(range(progress.iteration, stage.config.iterations), desc=stage.config.name,
-                   disable=not info.is_master, initial=progress.iteration, total=stage.config.iterations)
-        for iteration in bar:
-            t0 = time.perf_counter()
-            stats = train_step(run, stage)
-            progress.iteration, progress.global_step = iteration + 1, progress.global_step + 1
-            stats = distributed.all_reduce_mean(stats, run.device)
-            check_finite(stats, stage, iteration, progress.global_step)
-            last = log.step(stage, progress, time.perf_counter() - t0, stats, bar)
-            finished = progress.iteration == stage.config.iterations
-            out_of_time = bool(cfg.run.max_steps) and progress.global_step - first_step >= cfg.run.max_steps
-            if not finished and (progress.iteration % cfg.checkpoint.every == 0 or out_of_time):
-                save_checkpoint(run, progress, stage)
-            if out_of_time and not finished:
-                break  # checkpointed above: no export, no stage-end checkpoint
-        else:
-            end_stage(run, progress, stage)
-        del stage
-    log.close()
+    try:
+        progress, resumed = resume(run, allow_changed)
+        first_step, last = progress.global_step, {}
+        out_of_time = False
+        while progress.stage < len(cfg.stages) and not out_of_time:
+            stage = start_stage(run, progress, resumed)
+            resumed = None
+            bar = tqdm(range(progress.iteration, stage.config.iterations), desc=stage.config.name,
+                       disable=not info.is_master, initial=progress.iteration, total=stage.config.iterations)
+            for iteration in bar:
+                t0 = time.perf_counter()
+                local = train_step(run, stage, progress)
+                progress.iteration, progress.global_step = iteration + 1, progress.global_step + 1
+                progress.skipped_steps += int(local.get("skipped", 0))
+                stats = {**distributed.all_reduce_mean(local, run.device), **per_base(run, local)}
+                last = log.step(stage, progress, time.perf_counter() - t0, stats, bar)
+                finished = progress.iteration == stage.config.iterations
+                out_of_time = bool(cfg.run.max_steps) and progress.global_step - first_step >= cfg.run.max_steps
+                if not finished and (progress.iteration % cfg.checkpoint.every == 0 or out_of_time):
+                    save_checkpoint(run, progress, stage)
+                if out_of_time and not finished:
+                    break  # checkpointed above: no export, no stage-end checkpoint
+            else:
+                end_stage(run, progress, stage)
+            del stage
+    except BaseException:
+        with contextlib.suppress(checkpoint.CheckpointError):  # report the first error, not a failed save after it
+            run.writer.wait()
+        raise
+    else:
+        run.writer.wait()  # the checkpoint rank 0 is still writing completes before the run ends
+    finally:
+        log.close()
     return last
 
 
@@ -164,6 +186,9 @@ def setup(cfg: Config, info: distributed.DistInfo) -> Run:
     base_dtype = torch.bfloat16 if device.type == "cuda" and cfg.run.mixed_precision == "bf16" else torch.float32
     models = load_rank_models(cfg, rank, device, base_dtype)
     base = models.base
+    check_memory(cfg, info, models)
+    if offload_teacher(cfg, device):
+        models.teacher.to("cpu")
     base.unet.gradient_checkpointing = cfg.run.gradient_checkpointing
     unet = torch.compile(base.unet) if cfg.run.compile else base.unet
     distributed.broadcast_parameters(models.student)  # equal already (same file); makes it explicit
@@ -176,11 +201,13 @@ def setup(cfg: Config, info: distributed.DistInfo) -> Run:
     loader = build_loader(cfg.data, entry.dataset, rank, world, base, cfg.optim.batch_size, ranks=cfg.ranks)
     if rank == 0:
         distributed.barrier()
-    return Run(cfg, info, models, unet, flow, uncond, distill.alpha_bar_table(device), noise_gen, loader)
+    writer = checkpoint.Writer(Path(cfg.run.out_dir) / "checkpoints", rank, cfg.checkpoint.keep)
+    return Run(cfg, info, models, unet, flow, uncond, distill.alpha_bar_table(device), noise_gen, loader, writer)
 
 
-def resume(run: Run) -> tuple[Progress, dict | None]:
+def resume(run: Run, allow_changed=()) -> tuple[Progress, dict | None]:
     """Progress from the newest complete checkpoint (student, RNG and data position restored), else a fresh start.
+    Refuses another world size or ranks table, and config changes that allow_changed does not name.
     Returns the checkpoint's shared state too: start_stage takes the optimizer and D states from it."""
     path = checkpoint.latest(run.ckpt_dir) if run.cfg.checkpoint.resume else None
     if path is None:
@@ -188,14 +215,56 @@ def resume(run: Run) -> tuple[Progress, dict | None]:
         return Progress(), None
     shared, mine = checkpoint.load(path, run.info.rank)
     checkpoint.check_compatible(shared, path, run.info.world_size, to_dict(run.cfg.ranks))
-    progress = Progress(shared["stage"], shared["iteration"], shared["global_step"], shared["distilled"])
+    changed = checkpoint.check_config_changes(shared["config"], to_dict(run.cfg), path, allow_changed)
+    progress = Progress(shared["stage"], shared["iteration"], shared["global_step"], shared["distilled"],
+                        shared.get("skipped_steps", 0))
     run.models.student.load_state_dict(shared["student"])
     checkpoint.set_rng_state(mine["rng"], run.noise_gen)
     run.loader.load_state_dict(mine["data"])
     run.batches = iter(run.loader)
     if run.info.is_master:
-        print(f"resumed from {path}: stage {progress.stage}, iteration {progress.iteration}")
+        print(f"resumed from {path}: stage {progress.stage}, iteration {progress.iteration}"
+              + (f" (config changed as allowed: {', '.join(changed)})" if changed else ""))
     return progress, shared
+
+
+def check_memory(cfg: Config, info: distributed.DistInfo, models: RankModels) -> None:
+    """Prints the per-GPU memory plan (rank 0) and stops every rank when any rank's plan exceeds its device."""
+    base, device = models.base, info.device
+    cuda_bf16 = device.type == "cuda" and cfg.run.mixed_precision == "bf16"
+    plan = memory.plan(base.unet, base.vae, base.text_encoder, models.teacher, cfg, models.num_flows, cuda_bf16)
+    if info.is_master:
+        print(f"memory plan per GPU (rank 0's base model):\n{plan.table()}")
+    limit, where = memory.device_limit(cfg, device)
+    error = None
+    try:
+        memory.check(plan, limit, where)
+    except MemoryPlanError as e:
+        error = e
+    over = distributed.ranks_where(error is not None, device)
+    if error is not None:
+        raise error
+    if over:
+        raise MemoryPlanError(f"the memory plan of rank{'s' if len(over) > 1 else ''} {_rank_list(over)} exceeds "
+                              f"its device (the message of that rank has the table)")
+
+
+def offload_teacher(cfg: Config, device: torch.device) -> bool:
+    """run.teacher_offload on a GPU: the frozen teacher lives in CPU memory and visits the GPU for its forwards."""
+    return cfg.run.teacher_offload and device.type == "cuda"
+
+
+@contextlib.contextmanager
+def teacher_on_device(run: Run, teacher: torch.nn.Module):
+    """The teacher on the training device for the duration of the block (a no-op unless offloaded)."""
+    if not offload_teacher(run.cfg, run.device):
+        yield teacher
+        return
+    teacher.to(run.device)
+    try:
+        yield teacher
+    finally:
+        teacher.to("cpu")
 
 
 # ----------------------------------------------------------------------------- one stage
@@ -205,7 +274,8 @@ def start_stage(run: Run, progress: Progress, resumed: dict | None) -> Stage:
     cfg, stage_cfg = run.cfg, run.cfg.stages[progress.stage]
     student_params = [p for p in run.models.student.parameters() if p.requires_grad]
     steps = teacher_steps(cfg.stages, progress.stage)
-    stage = Stage(progress.stage, stage_cfg, teacher_for(steps, progress.distilled, run.models, run.device),
+    teacher_device = torch.device("cpu") if offload_teacher(cfg, run.device) else run.device
+    stage = Stage(progress.stage, stage_cfg, teacher_for(steps, progress.distilled, run.models, teacher_device),
                   student_params, _adam(student_params, cfg, stage_cfg), teacher_steps=steps)
     if stage.adversarial:
         stage.d = build_discriminator(cfg, run.models, stage.index, stage_cfg.discriminator == "conditional",
@@ -272,17 +342,34 @@ def end_stage(run: Run, progress: Progress, stage: Stage) -> None:
 
 # ----------------------------------------------------------------------------- one optimizer step
 
-def train_step(run: Run, stage: Stage) -> dict[str, float]:
-    """One optimizer step of the student (G phase) and, in adversarial stages, of D on fresh fakes (D phase)."""
-    stats, micro = g_phase(run, stage)
+def train_step(run: Run, stage: Stage, progress: Progress) -> dict[str, float]:
+    """One optimizer step of the student (G phase) and, in adversarial stages, of D on fresh fakes (D phase).
+    Returns this rank's stats; a non-finite loss on any rank stops the run or skips the step on every rank."""
+    g_loss, micro = g_phase(run, stage)
+    stats = {"loss_g": g_loss}
+    if not finite_on_every_rank(run, stage, progress, stats):
+        return _skip(stage, stats)
+    stats["grad_norm_g"] = _step(stage.opt_g, stage.student_params, run.cfg.optim.grad_clip)
+    _zero_grads(stage)
+    if not finite_on_every_rank(run, stage, progress, stats):
+        return _skip(stage, stats)
     if stage.d is not None:
-        stats.update(d_phase(run, stage, micro))
+        d_loss, d_accuracy = d_phase(run, stage, micro)
+        stats.update(loss_d=d_loss, d_accuracy=d_accuracy)
+        if not finite_on_every_rank(run, stage, progress, stats):
+            return _skip(stage, stats)
+        stats["grad_norm_d"] = _step(stage.opt_d, list(stage.d.parameters()), run.cfg.optim.grad_clip)
+        _zero_grads(stage)
+        if not finite_on_every_rank(run, stage, progress, stats):
+            return _skip(stage, stats)
+    stats["skipped"] = 0
     return stats
 
 
-def g_phase(run: Run, stage: Stage) -> tuple[dict[str, float], list]:
+def g_phase(run: Run, stage: Stage) -> tuple[float, list]:
     """grad_accum micro-batches: teacher target, student jump, MSE or D's generator loss; D stays frozen.
-    Returns the stats and, for the D phase, each micro-batch's inputs (same x_t, t* and re-noising)."""
+    Leaves the student's grads; returns the loss and, for the D phase, each micro-batch's inputs (same x_t,
+    t* and re-noising)."""
     cfg, s, d, amp = run.cfg, stage.config, stage.d, _autocast(run.cfg, run.device)
     device, alpha_bar, gen = run.device, run.alpha_bar, run.noise_gen
     if d is not None:
@@ -298,9 +385,9 @@ def g_phase(run: Run, stage: Stage) -> tuple[dict[str, float], list]:
         plan = distill.plan_timesteps(u0, stage.teacher_steps, s.student_steps).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         x_t = distill.add_noise(x0, noise, plan[:, 0], alpha_bar)
+        with amp, teacher_on_device(run, stage.teacher) as teacher:
+            target = distill.teacher_solve(run.unet, teacher, x_t, plan, context, run.uncond, s.cfg_scale, alpha_bar)
         with amp:
-            target = distill.teacher_solve(run.unet, stage.teacher, x_t, plan, context, run.uncond, s.cfg_scale,
-                                           alpha_bar)
             if d is not None:
                 t_d, d_noise = distill.sample_d_noise(plan[:, -1], x0.shape, s.d_noise_timesteps, s.d_noise_weights,
                                                       gen)
@@ -312,15 +399,12 @@ def g_phase(run: Run, stage: Stage) -> tuple[dict[str, float], list]:
                 loss = losses.mse_distillation_loss(fake, target)
         (loss / cfg.optim.grad_accum).backward()
         g_loss += loss.item() / cfg.optim.grad_accum
-    g_norm = _step(stage.opt_g, stage.student_params, cfg.optim.grad_clip)
-    stage.opt_g.zero_grad(set_to_none=True)
-    if stage.opt_d is not None:
-        stage.opt_d.zero_grad(set_to_none=True)
-    return {"loss_g": g_loss, "grad_norm_g": g_norm}, micro
+    return g_loss, micro
 
 
-def d_phase(run: Run, stage: Stage, micro: list) -> dict[str, float]:
-    """D on real (teacher) and fresh fake (just-updated student) clips of the G phase's micro-batches."""
+def d_phase(run: Run, stage: Stage, micro: list) -> tuple[float, float]:
+    """D on real (teacher) and fresh fake (just-updated student) clips of the G phase's micro-batches.
+    Leaves D's grads; returns D's loss and accuracy."""
     cfg, d, amp, alpha_bar = run.cfg, stage.d, _autocast(run.cfg, run.device), run.alpha_bar
     d.requires_grad_(True)
     d_loss, d_acc = 0.0, 0.0
@@ -333,10 +417,7 @@ def d_phase(run: Run, stage: Stage, micro: list) -> dict[str, float]:
         (loss / cfg.optim.grad_accum).backward()
         d_loss += loss.item() / cfg.optim.grad_accum
         d_acc += losses.discriminator_accuracy(real_logits, fake_logits).item() / cfg.optim.grad_accum
-    grad_norm_d = _step(stage.opt_d, list(d.parameters()), cfg.optim.grad_clip)
-    stage.opt_d.zero_grad(set_to_none=True)
-    stage.opt_g.zero_grad(set_to_none=True)
-    return {"loss_d": d_loss, "d_accuracy": d_acc, "grad_norm_d": grad_norm_d}
+    return d_loss, d_acc
 
 
 def _autocast(cfg: Config, device):
@@ -346,19 +427,53 @@ def _autocast(cfg: Config, device):
 
 
 def _step(optimizer, params, grad_clip: float) -> float:
-    """Average grads over ranks, clip, step; returns the global grad norm (before clipping)."""
+    """Average grads over ranks, clip, step; returns the global grad norm (before clipping).
+    A non-finite norm (equal on every rank after the all-reduce) leaves the weights as they were."""
     distributed.all_reduce_gradients(params)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    optimizer.step()
+    if torch.isfinite(norm):
+        optimizer.step()
     return float(norm)
 
 
-def check_finite(stats: dict[str, float], stage: Stage, iteration: int, global_step: int) -> None:
-    """Stop every rank (the stats are already averaged over ranks) when a loss or grad norm is NaN or inf."""
-    if not all(math.isfinite(v) for v in stats.values()):
-        bad = ", ".join(f"{k}={v}" for k, v in stats.items() if not math.isfinite(v))
-        raise NonFiniteLossError(f"non-finite loss in stage {stage.config.name!r} at iteration {iteration} "
-                                 f"(global step {global_step}): {bad}")
+def _zero_grads(stage: Stage) -> None:
+    """Both optimizers: G's backward through D leaves nothing on D, and D's phase nothing on the student."""
+    stage.opt_g.zero_grad(set_to_none=True)
+    if stage.opt_d is not None:
+        stage.opt_d.zero_grad(set_to_none=True)
+
+
+def finite_on_every_rank(run: Run, stage: Stage, progress: Progress, stats: dict[str, float]) -> bool:
+    """Whether the newest stat is finite on every rank (one small all-reduce). If not: NonFiniteLossError naming
+    the ranks, stage and step (run.on_nonfinite = 'stop'), or False so that every rank skips the step."""
+    key = list(stats)[-1]
+    values = distributed.gather_floats(stats[key], run.device)
+    bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
+    if not bad:
+        return True
+    if run.cfg.run.on_nonfinite == "stop":
+        where = "every rank (after the all-reduce)" if key.startswith("grad_norm") else \
+            f"rank{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}"
+        raise NonFiniteLossError(f"non-finite loss in stage {stage.config.name!r} at iteration {progress.iteration} "
+                                 f"(global step {progress.global_step + 1}) on {where}: "
+                                 + ", ".join(f"{key}={values[r]} (rank {r})" for r in bad[:8]))
+    return False
+
+
+def _skip(stage: Stage, stats: dict[str, float]) -> dict[str, float]:
+    """Drop this step's gradients on every rank (run.on_nonfinite = 'skip'); the weights stay as they were."""
+    _zero_grads(stage)
+    return {**stats, "skipped": 1}
+
+
+def per_base(run: Run, local: dict[str, float]) -> dict[str, float]:
+    """'<key>/<flow name>': the PER_BASE_KEYS averaged over the ranks of each base model (one all-reduce)."""
+    values = {k: local[k] for k in PER_BASE_KEYS if k in local}
+    if not values:
+        return {}
+    names = flow_names(run.cfg)
+    by_flow = distributed.mean_by_group(values, run.models.flow, run.models.num_flows, run.device)
+    return {f"{k}/{names[i]}": v for k, means in by_flow.items() for i, v in enumerate(means) if v is not None}
 
 
 # ----------------------------------------------------------------------------- logging and checkpoints
@@ -374,11 +489,11 @@ class MetricsLog:
 
     def step(self, stage: Stage, progress: Progress, step_time_s: float, stats: dict, bar) -> dict:
         row = {"stage": stage.config.name, "iteration": progress.iteration, "global_step": progress.global_step,
-               "step_time_s": step_time_s, **stats}
+               "step_time_s": step_time_s, **stats, "skipped_steps": progress.skipped_steps}
         if self.file is not None and progress.iteration % self.every == 0:
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()
-            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k.startswith("loss")})
+            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss_g", "loss_d")})
             if self.tb is not None:
                 for k, v in stats.items():
                     self.tb.add_scalar(f"{stage.config.name}/{k}", v, progress.global_step)
@@ -400,24 +515,71 @@ def _tensorboard(out_dir: Path):
 
 
 def save_checkpoint(run: Run, progress: Progress, stage: Stage | None) -> None:
-    """Collective. Rank 0: student, optimizers, D, progress, config; every rank: its RNG, data position and
-    fingerprints. `stage` is None at a stage boundary (the next stage starts with fresh optimizers and D)."""
+    """Collective. First every rank's fingerprints are compared (RankDivergenceError names the ranks whose student
+    or D differs, before anything is written). Rank 0 then snapshots student, optimizers, D, progress and config
+    to CPU memory and writes them in the background (checkpoint.Writer); every rank writes its RNG states, data
+    position and fingerprints. `stage` is None at a stage boundary (the next stage starts with fresh optimizers)."""
     cfg, info, student = run.cfg, run.info, run.models.student
     d = stage.d if stage is not None else None
-    shared = None
-    if info.is_master:
-        shared = {"stage": progress.stage, "iteration": progress.iteration, "global_step": progress.global_step,
-                  "student": student.state_dict(), "distilled": progress.distilled,
-                  "opt_g": stage.opt_g.state_dict() if stage is not None else None,
-                  "discriminator": d.state_dict() if d is not None else None,
-                  "opt_d": stage.opt_d.state_dict() if d is not None else None,
-                  "world_size": info.world_size, "ranks": to_dict(cfg.ranks), "config": to_dict(cfg)}
-    # Per-rank fingerprints let anyone check that ranks hold one student and D but their own base.
     fingerprints = {"student": fingerprint(student), "base": fingerprint(run.models.base),
                     "discriminator": fingerprint(d) if d is not None else ""}
+    check_ranks_agree(fingerprints, run.models.flow, progress.global_step)
+    shared = None
+    if info.is_master:
+        shared = checkpoint.cpu_snapshot({
+            "stage": progress.stage, "iteration": progress.iteration, "global_step": progress.global_step,
+            "skipped_steps": progress.skipped_steps, "student": student.state_dict(), "distilled": progress.distilled,
+            "opt_g": stage.opt_g.state_dict() if stage is not None else None,
+            "discriminator": d.state_dict() if d is not None else None,
+            "opt_d": stage.opt_d.state_dict() if d is not None else None,
+            "world_size": info.world_size, "ranks": to_dict(cfg.ranks), "config": to_dict(cfg),
+            "config_digest": config_digest(cfg), "versions": versions()})
     mine = {"rng": checkpoint.rng_state(run.noise_gen), "data": run.loader.state_dict(), "fingerprints": fingerprints}
-    checkpoint.save(run.ckpt_dir, progress.global_step, shared, mine, info.rank, dump_toml(to_dict(cfg)),
-                    cfg.checkpoint.keep)
+    run.writer.save(progress.global_step, shared, mine, dump_toml(to_dict(cfg)))
+
+
+def check_ranks_agree(fingerprints: dict[str, str], flow: int, global_step: int) -> None:
+    """All-gathers every rank's fingerprints: one student and one D on all ranks, one base per base file."""
+    everyone = distributed.all_gather_objects({**fingerprints, "flow": flow})
+    problems = [_divergence(key, [f[key] for f in everyone], range(len(everyone)))
+                for key in ("student", "discriminator")]
+    for flow_index in sorted({f["flow"] for f in everyone}):
+        ranks = [r for r, f in enumerate(everyone) if f["flow"] == flow_index]
+        problems.append(_divergence(f"base of flow {flow_index} (one base file)",
+                                    [everyone[r]["base"] for r in ranks], ranks))
+    problems = [p for p in problems if p]
+    if problems:
+        raise RankDivergenceError(f"ranks diverged at global step {global_step}: " + "; ".join(problems)
+                                  + ". Nothing was saved; the newest checkpoint predates the divergence")
+
+
+def _divergence(what: str, hashes: list[str], ranks) -> str:
+    """'' when all hashes agree, else which ranks differ from the most common value."""
+    ranks = list(ranks)
+    groups: dict[str, list[int]] = {}
+    for r, h in zip(ranks, hashes):
+        groups.setdefault(h, []).append(r)
+    if len(groups) == 1:
+        return ""
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
+    majority = ordered[0][1]
+    odd = [r for _, rs in ordered[1:] for r in rs]
+    return (f"the {what} of rank{'s' if len(odd) > 1 else ''} {_rank_list(odd)} differs from rank"
+            f"{'s' if len(majority) > 1 else ''} {_rank_list(majority)}")
+
+
+def _rank_list(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks[:16])) + (f" and {len(ranks) - 16} more" if len(ranks) > 16 else "")
+
+
+def versions() -> dict[str, str]:
+    """torch, python and project versions, recorded in every checkpoint."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text())["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        project = "unknown"
+    return {"torch": str(torch.__version__), "python": platform.python_version(), "project": str(project)}
 
 
 def fingerprint(module: torch.nn.Module) -> str:

@@ -31,6 +31,13 @@ def test_missing_base_and_teacher_files(tiny_assets, tmp_path, capsys):
     assert f"model.teacher: '{tmp_path / 'no_teacher.safetensors'}' is not an existing file" in err
 
 
+def test_more_frames_than_the_teacher_covers(tiny_assets, tmp_path, capsys):
+    data = recipe(tiny_assets, tmp_path / "run", stages=ONE_STEP)
+    data["data"]["frames"] = 33  # the sampler nodes' rule, from lightning_core.context.check_frames
+    code, err = run_main(tmp_path, data, capsys)
+    assert code == 1 and "data.frames is 33 frames but this motion module's position encoding covers 32" in err
+
+
 def test_wrong_base_architecture(tiny_assets, tmp_path, capsys):
     teacher = tmp_path / "wide_teacher.safetensors"  # a motion module for a UNet with other channels
     formats.save_motion_module(teacher, MotionModuleSet(MotionModuleConfig(block_channels=(64, 128), down_layers=1,
