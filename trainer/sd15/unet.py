@@ -295,7 +295,7 @@ class UNet(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)
             size = tuple(skips[-1].shape[-2:]) if skips else None
             h = self._run(block, h, emb, context, size, layout.get(f"output_blocks.{n}"), num_frames)
-        if torch.is_autocast_enabled(h.device.type):
+        if h.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(h.device.type):  # not on meta (memory plan)
             return self.output_layer_fp32(h)
         return self.out(h)
 
