@@ -1,4 +1,4 @@
-"""`python -m trainer [train|generate|cache] --config X.toml [--a.b value ...]` (default: train).
+"""`python -m trainer [train|generate|cache|eval] --config X.toml [--a.b value ...]` (default: train).
 
 The whole config is checked first, before any process group or model: every problem is printed, one line
 per key, and the exit status is 2. Under torchrun (RANK set) the process group is then initialised: gloo
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             from trainer.train import train
             train(cfg, info, allow_changed=line.allow_changed)
+        elif command == "eval":
+            from trainer.eval import main as evaluate
+            evaluate(cfg, info)
         elif command == "generate":
             from trainer.generate import main as generate
             generate(cfg, info.rank, info.world_size)

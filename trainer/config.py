@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-COMMANDS = ("train", "generate", "cache")
+COMMANDS = ("train", "generate", "cache", "eval")
 DATASET_KINDS = ("webvid_csv", "folder", "synthetic", "latent_shards", "cached")
 VIDEO_KINDS = ("webvid_csv", "folder", "synthetic")
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
@@ -108,6 +108,9 @@ class StageConfig:
     d_noise_weights: list[float] = field(default_factory=list)
     export: bool = True
     """Export the student at the end of this stage as animatediff_lightning_{student_steps}step_*."""
+    skip_level_teacher: bool = False
+    """Unconditional fine-tunes of the 2- and 1-step stages (SDXL-Lightning 3.4): the teacher is the model one
+    level above teacher_steps (4 -> 2 learns from the 8-step student, 2 -> 1 from the 4-step one)."""
 
 
 def paper_stages() -> list[StageConfig]:
@@ -118,7 +121,8 @@ def paper_stages() -> list[StageConfig]:
         noise = [10, 250, 500, 750] if student == 1 else []
         for kind in ("conditional", "unconditional"):
             stages.append(StageConfig(f"{teacher}to{student}_{kind}", "adversarial", teacher, student, 2000,
-                                      discriminator=kind, timesteps=list(multi), d_noise_timesteps=list(noise)))
+                                      discriminator=kind, timesteps=list(multi), d_noise_timesteps=list(noise),
+                                      skip_level_teacher=kind == "unconditional" and student <= 2))
     return stages
 
 
@@ -132,6 +136,10 @@ class OptimConfig:
     mse_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     lr: float = 5e-7
     """Adversarial stages, student and discriminator alike (SDXL-Lightning 3.6: 5e-7 without LoRA)."""
+    g_lr: float = 0.0
+    """Adversarial stages: the student's learning rate (0: optim.lr, the papers' one value)."""
+    d_lr: float = 0.0
+    """Adversarial stages: the discriminator's learning rate (0: optim.lr)."""
     betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
     grad_clip: float = 0.0
     """Clip the global grad norm (0: off; the papers do not clip)."""
@@ -229,6 +237,49 @@ class CacheConfig:
 
 
 @dataclass
+class EvalBase:
+    name: str
+    path: str
+    seen: bool = True
+    """Was this base in the training ranks table (Table 2: RealisticVision, ToonYou seen; DreamShaper, DynaVision not)?"""
+
+
+@dataclass
+class EvalConfig:
+    """`python -m trainer eval` and the stage-end evaluation (AnimateDiff-Lightning 4.2, Table 2; trainer/eval.py)."""
+    bases: list[EvalBase] = field(default_factory=list)
+    """[[eval.bases]] name, path, seen; empty: every distinct base of the ranks table (all seen)."""
+    prompts: str = ""
+    """A .txt or .csv prompt file (paper: 100 random WebVid prompts); empty: four built-in prompts."""
+    prompt_column: str = "name"
+    num_prompts: int = 0
+    """Use the first N prompts (0: all)."""
+    seed: int = 0
+    """Prompt i uses seed clip_seed(seed, i) on every base."""
+    student: str = ""
+    """`python -m trainer eval`: the motion module to evaluate (e.g. an export); at stage ends: the student."""
+    student_steps: int = 4
+    """Euler steps of the student (`python -m trainer eval`; at stage ends: the stage's student_steps)."""
+    reference_steps: int = 32
+    reference_cfg: float = 7.5
+    """The reference: the original AnimateDiff (model.teacher), 32 Euler steps, CFG 7.5, no negative prompt."""
+    frames: int = 0
+    """Frames per clip (0: data.frames)."""
+    size: int = 0
+    """Square size in pixels (0: data.size)."""
+    i3d: str = ""
+    """I3D Kinetics-400 state dict (.safetensors or a tensors-only .pt) for FVD; empty: no FVD."""
+    clip: str = ""
+    """CLIP checkpoint (transformers layout, .safetensors) for the CLIP score; empty: none."""
+    output: str = ""
+    """Folder of eval.jsonl, grids, MP4s and the cached reference latents (empty: run.out_dir/eval)."""
+    every_stage: bool = False
+    """`python -m trainer train`: evaluate the student at the end of every stage (rank 0)."""
+    save_mp4: bool = True
+    fps: int = 8
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -239,6 +290,7 @@ class Config:
     data: DataConfig = field(default_factory=lambda: DataConfig(datasets={}))
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def rank_config(cfg: Config, rank: int) -> RankConfig:
@@ -340,6 +392,12 @@ def problems(cfg: Config, command: str = "train", world_size: int = 1, check_fil
             bad(f"{key}.d_noise_weights", f"must be >= 0 with a positive sum, got {stage.d_noise_weights}")
         if stage.loss == "mse" and (stage.d_noise_timesteps or stage.d_noise_weights):
             bad(f"{key}.d_noise_timesteps", "only adversarial stages have a discriminator to re-noise for")
+        if stage.skip_level_teacher:
+            if stage.loss != "adversarial" or stage.discriminator != "unconditional":
+                bad(f"{key}.skip_level_teacher", "only for unconditional adversarial fine-tunes (SDXL-Lightning 3.4)")
+            elif teacher_steps(cfg.stages, i) == stage.teacher_steps:
+                bad(f"{key}.skip_level_teacher", f"no earlier stage distils {stage.teacher_steps} steps from a "
+                                                 f"higher level, so there is no model one level above its teacher")
     # [optim]
     at_least("optim.batch_size", optim.batch_size, 1)
     at_least("optim.grad_accum", optim.grad_accum, 1)
@@ -347,6 +405,9 @@ def problems(cfg: Config, command: str = "train", world_size: int = 1, check_fil
     for lr_key in ("mse_lr", "lr"):
         if not getattr(optim, lr_key) > 0:
             bad(f"optim.{lr_key}", f"must be > 0, got {getattr(optim, lr_key)!r}")
+    for lr_key in ("g_lr", "d_lr"):
+        if not getattr(optim, lr_key) >= 0:
+            bad(f"optim.{lr_key}", f"must be > 0 (or 0: optim.lr), got {getattr(optim, lr_key)!r}")
     for betas_key in ("mse_betas", "betas"):
         betas = getattr(optim, betas_key)
         if len(betas) != 2 or any(not 0 <= b < 1 for b in betas):
@@ -387,6 +448,26 @@ def problems(cfg: Config, command: str = "train", world_size: int = 1, check_fil
         bad("generate.size", f"must be a multiple of 8 (or 0: data.size), got {g.size}")
     if command == "generate":
         existing("generate.prompts", g.prompts, want_dir=False)
+    # [eval]
+    ev = cfg.eval
+    for count_key in ("student_steps", "reference_steps", "fps"):
+        at_least(f"eval.{count_key}", getattr(ev, count_key), 1)
+    for count_key in ("num_prompts", "frames", "size", "seed"):
+        at_least(f"eval.{count_key}", getattr(ev, count_key), 0)
+    at_least("eval.reference_cfg", ev.reference_cfg, 0)
+    if ev.size % 8:
+        bad("eval.size", f"must be a multiple of 8 (or 0: data.size), got {ev.size}")
+    if command == "eval" or (command == "train" and ev.every_stage):
+        if command == "eval":
+            existing("eval.student", ev.student, want_dir=False)
+        for what in ("prompts", "i3d", "clip"):
+            if getattr(ev, what):
+                existing(f"eval.{what}", getattr(ev, what), want_dir=False)
+        for i, entry in enumerate(ev.bases):
+            if not run.write_tiny_models:
+                existing(f"eval.bases.{i}.path", entry.path, want_dir=False)
+        if command == "eval" and not run.write_tiny_models:
+            existing("model.teacher", cfg.model.teacher, want_dir=False)
     # [cache]
     c = cfg.cache
     one_of("cache.latent_dtype", c.latent_dtype, STORAGE_DTYPES)
@@ -404,6 +485,17 @@ def problems(cfg: Config, command: str = "train", world_size: int = 1, check_fil
         if c.base and not run.write_tiny_models:
             existing("cache.base", c.base, want_dir=False)
     return found
+
+
+def teacher_steps(stages: list[StageConfig], index: int) -> int:
+    """Steps of stage `index`'s teacher: its teacher_steps or, with skip_level_teacher, the teacher_steps of the
+    first stage that distilled to them (4 -> 2 unconditional: the 8 of 8 -> 4)."""
+    stage = stages[index]
+    if stage.skip_level_teacher:
+        for earlier in stages[:index]:
+            if earlier.student_steps == stage.teacher_steps and earlier.teacher_steps > stage.teacher_steps:
+                return earlier.teacher_steps
+    return stage.teacher_steps
 
 
 def _datasets_read(cfg: Config, command: str) -> set[str]:
@@ -433,7 +525,8 @@ def check(cfg: Config, command: str = "train", world_size: int = 1, check_files:
 
 OPERATIONAL_KEYS = ("run.out_dir", "run.max_steps", "run.log_every", "run.cpu_threads", "run.collective_timeout_s",
                     "run.write_tiny_models", "run.teacher_offload", "run.memory_limit_gib",
-                    "checkpoint.every", "checkpoint.keep", "checkpoint.resume", "data.prefetch", "generate", "cache")
+                    "checkpoint.every", "checkpoint.keep", "checkpoint.resume", "data.prefetch", "generate", "cache",
+                    "eval")
 """Keys that do not change what is trained (where, how long this invocation, how often to log or save, how the
 memory is used): a resume may change them freely, and they are left out of the config digest."""
 

@@ -14,6 +14,22 @@ import copy
 import torch
 from torch import nn
 
+from trainer.sd15.unet import timestep_embedding
+
+FLOW_EMBEDDING_SCALE = 0.1
+"""Flow embeddings start as random vectors of 0.1 x the time embedding's RMS: distinct per base from the first
+step, so D can tell the flows apart within a stage (zero-initialised and moved by Adam at lr 5e-7, they
+would stay ~1e-3 apart after 2000 steps), yet small enough to leave the pre-trained features nearly as they are."""
+
+
+@torch.no_grad()
+def time_embedding_rms(unet) -> float:
+    """RMS of the backbone's time embedding over the 1000 training timesteps."""
+    t = torch.arange(0, 1000, 8, device=unet.time_embed[0].weight.device)
+    emb = unet.time_embed(timestep_embedding(t, unet.config.model_channels).to(unet.time_embed[0].weight.dtype))
+    if emb.is_meta:  # shapes only (trainer/memory.py plans memory on the meta device): any scale will do
+        return 1.0
+    return float(emb.float().square().mean().sqrt())
 
 
 def _group_channels(c: int) -> int:
@@ -52,7 +68,7 @@ class Discriminator(nn.Module):
         for block in self.motion.up_blocks:  # the decoder's motion modules are unused too
             block.motion_modules = nn.ModuleList()
         self.flow_embedding = nn.Embedding(num_flows, unet.config.time_embed_dim)
-        nn.init.zeros_(self.flow_embedding.weight)  # starts as the pre-trained backbone; learns to tell flows apart
+        nn.init.normal_(self.flow_embedding.weight, std=FLOW_EMBEDDING_SCALE * time_embedding_rms(unet))
         mid_channels = unet.config.block_channels[-1]
         self.head = Head(mid_channels * (2 if conditional else 1), feature_shape)
         self.train().requires_grad_(True)

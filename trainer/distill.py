@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_core import schedule
+from lightning_core import losses, schedule
 
 T_MAX = schedule.NUM_TRAIN_TIMESTEPS - 1
 
@@ -82,12 +82,23 @@ def guided_eps(unet, motion, x, t, context, uncond, cfg_scale):
 
 @torch.no_grad()
 def teacher_solve(unet, teacher, x_t, plan, context, uncond, cfg_scale, alpha_bar):
-    """x_{t-ns} by n teacher Euler/DDIM steps along plan [b, n + 1] (Eqs. 7-13); clean samples stay put."""
+    """x_{t-ns} by n teacher Euler/DDIM steps along plan [b, n + 1] (Eqs. 7-13).
+
+    Samples already at the clean end of their plan (t = -1, e.g. a 4-step teacher from t = 250) stay put and
+    cost no teacher pass: only the rows still on the way are batched through the UNet.
+    """
     x = x_t
     for j in range(plan.shape[1] - 1):
         t, t_next = plan[:, j], plan[:, j + 1]
-        eps = guided_eps(unet, teacher, x, t, context, uncond, cfg_scale)
-        x = move(x, eps.float(), t, t_next, alpha_bar)
+        active = (t >= 0).nonzero().flatten()
+        if len(active) == 0:
+            break
+        if len(active) == len(t):
+            eps = guided_eps(unet, teacher, x, t, context, uncond, cfg_scale)
+            x = move(x, eps.float(), t, t_next, alpha_bar)
+            continue
+        eps = guided_eps(unet, teacher, x[active], t[active], context[active], uncond, cfg_scale)
+        x = x.index_copy(0, active, move(x[active], eps.float(), t[active], t_next[active], alpha_bar))
     return x
 
 
@@ -118,3 +129,31 @@ def renoise(x, t_next, t_d, noise, alpha_bar):
         return x
     keep = (t_d != t_next).view(-1, *[1] * (x.ndim - 1))
     return torch.where(keep, add_noise(x, noise.to(x.device, x.dtype), t_d, alpha_bar), x)
+
+
+def discriminator_condition(d, x_t, t, context, flow):
+    """d(x_t, t, c, i) for the x_t-conditional D (Eq. 11), None for D' (Eq. 12); x_t is data, so no grad."""
+    if not d.conditional:
+        return None
+    with torch.no_grad():
+        return d.features(x_t, t, context, flow)
+
+
+def adversarial_generator_loss(unet, student, d, x_t, plan, context, flow, t_d, d_noise, alpha_bar):
+    """L_G (Eq. 9) of the student's jump x_hat_{t-ns} as D scores it; differentiable in the student only
+    when the caller has frozen D (requires_grad_(False)), as the G phase of the trainer does."""
+    fake = student_jump(unet, student, x_t, plan, context, alpha_bar)
+    fake_d = renoise(fake, plan[:, -1], t_d, d_noise, alpha_bar)
+    cond = discriminator_condition(d, x_t, plan[:, 0], context, flow)
+    return losses.generator_loss(d(fake_d, t_d, context, flow, cond))
+
+
+def adversarial_discriminator_logits(unet, student, d, x_t, plan, context, flow, target, t_d, d_noise, alpha_bar):
+    """(real, fake) logits of D on the teacher's target and on a fresh student jump (no grad to the student),
+    both re-noised with the same t* and eps* (SDXL-Lightning 3.7.2)."""
+    with torch.no_grad():
+        fake = student_jump(unet, student, x_t, plan, context, alpha_bar)
+        fake_d = renoise(fake, plan[:, -1], t_d, d_noise, alpha_bar)
+        real_d = renoise(target, plan[:, -1], t_d, d_noise, alpha_bar)
+    cond = d.features(x_t, plan[:, 0], context, flow) if d.conditional else None
+    return d(real_d, t_d, context, flow, cond), d(fake_d, t_d, context, flow, cond)

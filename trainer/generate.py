@@ -89,8 +89,9 @@ def shard_records(cfg: Config, prompts: list[str], number: int, num_clips: int, 
 
 @torch.no_grad()
 def sample_clips(base, teacher, prompts: list[str], seeds: list[int], frames: int, size: int, steps: int,
-                 cfg_scale: float, negative_prompt: str = "") -> torch.Tensor:
-    """Teacher latents [b, frames, 4, size/8, size/8]: DPM-Solver++(2M) with classifier-free guidance."""
+                 cfg_scale: float, negative_prompt: str = "", sampler=sampling.sample_dpmpp_2m) -> torch.Tensor:
+    """Latents [b, frames, 4, size/8, size/8] of base + motion module `teacher` on the trailing schedule:
+    DPM-Solver++(2M) by default, classifier-free guidance unless cfg_scale is 1 (one pass per step then)."""
     device = base.vae.quant_conv.weight.device
     h = size // 8
     noise = torch.stack([torch.randn((frames, 4, h, h), generator=torch.Generator().manual_seed(s)) for s in seeds])
@@ -99,6 +100,8 @@ def sample_clips(base, teacher, prompts: list[str], seeds: list[int], frames: in
     context = context.repeat_interleave(frames, dim=0)  # [(2 b f), 77, d]: cond clips first, then uncond
 
     def eps(x, t):
+        if cfg_scale == 1.0:
+            return base.unet(x, t, context[:len(x)], frames, motion=teacher)
         e_cond, e_uncond = base.unet(torch.cat([x, x]), torch.cat([t, t]), context, frames, motion=teacher).chunk(2)
         return e_uncond + cfg_scale * (e_cond - e_uncond)
 
@@ -106,7 +109,7 @@ def sample_clips(base, teacher, prompts: list[str], seeds: list[int], frames: in
     to_t = lambda sigma: schedule.sigma_to_timestep(sigma.cpu()).round().float().to(device)  # noqa: E731
     sigmas = schedule.get_sigmas_trailing(steps, device)
     x = noise.to(device).flatten(0, 1) * sigmas[0]
-    latents = sampling.sample_dpmpp_2m(sampling.EpsDenoiser(eps, to_t), x, sigmas, disable=True)
+    latents = sampler(sampling.EpsDenoiser(eps, to_t), x, sigmas, disable=True)
     return latents.unflatten(0, (b, frames))
 
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from lightning_core import losses
 from trainer import checkpoint, distill, distributed, memory
-from trainer.config import Config, StageConfig, check, config_digest, dump_toml, rank_config, to_dict
+from trainer.config import Config, StageConfig, check, config_digest, dump_toml, rank_config, teacher_steps, to_dict
 from trainer.data import ClipLoader, build_loader
 from trainer.discriminator import Discriminator
 from trainer.export import export_student
@@ -113,6 +113,8 @@ class Stage:
     opt_g: torch.optim.Optimizer
     d: Discriminator | None = None
     opt_d: torch.optim.Optimizer | None = None
+    teacher_steps: int = 0
+    """The teacher's step count: config.teacher_steps, or one level above with skip_level_teacher."""
 
     @property
     def adversarial(self) -> bool:
@@ -271,13 +273,14 @@ def start_stage(run: Run, progress: Progress, resumed: dict | None) -> Stage:
     """The stage's teacher, a fresh Adam for the student and, if adversarial, a fresh D and its Adam."""
     cfg, stage_cfg = run.cfg, run.cfg.stages[progress.stage]
     student_params = [p for p in run.models.student.parameters() if p.requires_grad]
+    steps = teacher_steps(cfg.stages, progress.stage)
     teacher_device = torch.device("cpu") if offload_teacher(cfg, run.device) else run.device
-    stage = Stage(progress.stage, stage_cfg, teacher_for(stage_cfg, progress.distilled, run.models, teacher_device),
-                  student_params, _adam(student_params, cfg, stage_cfg))
+    stage = Stage(progress.stage, stage_cfg, teacher_for(steps, progress.distilled, run.models, teacher_device),
+                  student_params, _adam(student_params, cfg, stage_cfg), teacher_steps=steps)
     if stage.adversarial:
         stage.d = build_discriminator(cfg, run.models, stage.index, stage_cfg.discriminator == "conditional",
                                       run.device)
-        stage.opt_d = _adam(list(stage.d.parameters()), cfg, stage_cfg)
+        stage.opt_d = _adam(list(stage.d.parameters()), cfg, stage_cfg, "d")
     if resumed is not None:  # resuming inside this stage: its optimizer and D states
         if resumed["opt_g"] is not None:
             stage.opt_g.load_state_dict(resumed["opt_g"])
@@ -287,10 +290,10 @@ def start_stage(run: Run, progress: Progress, resumed: dict | None) -> Stage:
     return stage
 
 
-def teacher_for(stage: StageConfig, distilled: dict, models, device):
-    """Progressive distillation: the student distilled to teacher_steps, else the original teacher."""
-    if stage.teacher_steps in distilled:
-        return motion_from_state(distilled[stage.teacher_steps], device)
+def teacher_for(steps: int, distilled: dict, models, device):
+    """Progressive distillation: the student distilled to `steps`, else the original teacher."""
+    if steps in distilled:
+        return motion_from_state(distilled[steps], device)
     return models.teacher
 
 
@@ -313,9 +316,11 @@ def _feature_shape(cfg: Config, base) -> tuple[int, int, int]:
     return (cfg.data.frames, max(1, latent // down), max(1, latent // down))
 
 
-def _adam(params, cfg: Config, stage: StageConfig):
-    lr, betas = ((cfg.optim.mse_lr, cfg.optim.mse_betas) if stage.loss == "mse"
-                 else (cfg.optim.lr, cfg.optim.betas))
+def _adam(params, cfg: Config, stage: StageConfig, role: str = "g"):
+    """Adam for the student (role 'g') or D ('d'): optim.g_lr / d_lr in adversarial stages (0: optim.lr)."""
+    o = cfg.optim
+    lr, betas = ((o.mse_lr, o.mse_betas) if stage.loss == "mse"
+                 else ((o.g_lr if role == "g" else o.d_lr) or o.lr, o.betas))
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=0.0)
 
 
@@ -324,9 +329,12 @@ def end_stage(run: Run, progress: Progress, stage: Stage) -> None:
     cfg, student = run.cfg, run.models.student
     if run.info.is_master and stage.config.export:
         export_student(student, run.out_dir / "exports", stage.config.student_steps, cfg.checkpoint.export_dtype)
+    if run.info.is_master and cfg.eval.every_stage:  # the paper's Table 2 protocol on the stage's student
+        from trainer.eval import run_eval
+        run_eval(cfg, run.device, student, label=stage.config.name, student_steps=stage.config.student_steps)
     progress.distilled[stage.config.student_steps] = {k: v.detach().cpu().clone()
                                                       for k, v in student.state_dict().items()}
-    needed = {s.teacher_steps for s in cfg.stages[stage.index + 1:]}
+    needed = {teacher_steps(cfg.stages, i) for i in range(stage.index + 1, len(cfg.stages))}
     progress.distilled = {k: v for k, v in progress.distilled.items() if k in needed}
     progress.stage, progress.iteration = stage.index + 1, 0
     save_checkpoint(run, progress, None)
@@ -374,22 +382,20 @@ def g_phase(run: Run, stage: Stage) -> tuple[float, list]:
                    else run.models.base.encode_prompts(batch.prompts)).to(device, torch.float32)
         b = x0.shape[0]
         u0 = distill.sample_start(b, s.student_steps, s.timesteps, gen)
-        plan = distill.plan_timesteps(u0, s.teacher_steps, s.student_steps).to(device)
+        plan = distill.plan_timesteps(u0, stage.teacher_steps, s.student_steps).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         x_t = distill.add_noise(x0, noise, plan[:, 0], alpha_bar)
         with amp, teacher_on_device(run, stage.teacher) as teacher:
             target = distill.teacher_solve(run.unet, teacher, x_t, plan, context, run.uncond, s.cfg_scale, alpha_bar)
         with amp:
-            fake = distill.student_jump(run.unet, run.models.student, x_t, plan, context, alpha_bar)
             if d is not None:
                 t_d, d_noise = distill.sample_d_noise(plan[:, -1], x0.shape, s.d_noise_timesteps, s.d_noise_weights,
                                                       gen)
-                with torch.no_grad():  # x_t does not depend on the student, and D is frozen here
-                    cond = d.features(x_t, plan[:, 0], context, run.flow[:b]) if d.conditional else None
-                fake_d = distill.renoise(fake, plan[:, -1], t_d, d_noise, alpha_bar)
-                loss = losses.generator_loss(d(fake_d, t_d, context, run.flow[:b], cond))
+                loss = distill.adversarial_generator_loss(run.unet, run.models.student, d, x_t, plan, context,
+                                                          run.flow[:b], t_d, d_noise, alpha_bar)
                 micro.append((x_t, plan, context, target, t_d, d_noise))
             else:
+                fake = distill.student_jump(run.unet, run.models.student, x_t, plan, context, alpha_bar)
                 loss = losses.mse_distillation_loss(fake, target)
         (loss / cfg.optim.grad_accum).backward()
         g_loss += loss.item() / cfg.optim.grad_accum
@@ -404,14 +410,9 @@ def d_phase(run: Run, stage: Stage, micro: list) -> tuple[float, float]:
     d_loss, d_acc = 0.0, 0.0
     for x_t, plan, context, target, t_d, d_noise in micro:
         b = x_t.shape[0]
-        with amp:
-            with torch.no_grad():  # fresh fakes from the just-updated student, same t* and eps*
-                fake = distill.student_jump(run.unet, run.models.student, x_t, plan, context, alpha_bar)
-                fake_d = distill.renoise(fake, plan[:, -1], t_d, d_noise, alpha_bar)
-                real_d = distill.renoise(target, plan[:, -1], t_d, d_noise, alpha_bar)
-            cond = d.features(x_t, plan[:, 0], context, run.flow[:b]) if d.conditional else None
-            real_logits = d(real_d, t_d, context, run.flow[:b], cond)
-            fake_logits = d(fake_d, t_d, context, run.flow[:b], cond)
+        with amp:  # fresh fakes from the just-updated student, same t* and eps*
+            real_logits, fake_logits = distill.adversarial_discriminator_logits(
+                run.unet, run.models.student, d, x_t, plan, context, run.flow[:b], target, t_d, d_noise, alpha_bar)
             loss = losses.discriminator_loss(real_logits, fake_logits)
         (loss / cfg.optim.grad_accum).backward()
         d_loss += loss.item() / cfg.optim.grad_accum

@@ -51,3 +51,33 @@ def test_renoise_only_touches_clean_targets():
     out = distill.renoise(x, t_next, t_d, noise, AB)
     assert torch.equal(out[1], x[1]) and not torch.equal(out[0], x[0])
     assert distill.sample_d_noise(torch.tensor([249]), (1,), [10], [], g) == (torch.tensor([249]), None)
+
+
+class _RecordingUNet:
+    """Stands in for the UNet: eps = 0.1 x + t / 1000, recording how many videos each call carries."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, x, t, context, num_frames=1, motion=None, time_emb_extra=None):
+        self.batches.append(x.shape[0] // num_frames)
+        return 0.1 * x + t.view(-1, 1, 1, 1).float() / 1000
+
+
+def test_teacher_solve_skips_samples_already_clean():
+    """A 4-step teacher from t = 250 is clean after one step: its later steps cost no pass, results unchanged."""
+    plan = distill.plan_timesteps(torch.tensor([1000.0, 250.0], dtype=torch.float64), 4, 1)
+    assert plan.tolist() == [[999, 749, 499, 249, -1], [249, -1, -1, -1, -1]]
+    g = torch.Generator().manual_seed(2)
+    x_t, context = torch.randn(2, 3, 4, 2, 2, generator=g), torch.randn(2, 5, 8, generator=g)
+    unet = _RecordingUNet()
+    out = distill.teacher_solve(unet, None, x_t, plan, context, None, 1.0, AB)
+    assert unet.batches == [2, 1, 1, 1]
+    expected = []
+    for row in range(2):  # each sample alone, every step (a move from t = -1 to -1 is the identity)
+        x = x_t[row:row + 1]
+        for j in range(4):
+            t, t_next = plan[row:row + 1, j], plan[row:row + 1, j + 1]
+            x = distill.move(x, distill.video_eps(_RecordingUNet(), None, x, t, context[row:row + 1]), t, t_next, AB)
+        expected.append(x)
+    assert torch.allclose(out, torch.cat(expected), atol=1e-6)

@@ -19,6 +19,8 @@ class CLIPConfig:
     layers: int = 12
     max_length: int = 77
     intermediate: int = 3072
+    causal: bool = True
+    """Text: each token sees itself and those before it; the vision tower (trainer/clip_score.py) sees all."""
 
     @property
     def num_heads(self):
@@ -53,18 +55,18 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Causal multi-head self-attention (each token sees itself and the tokens before it)."""
+    """Multi-head self-attention, causal for text (each token sees itself and the tokens before it)."""
 
     def __init__(self, cfg):
         super().__init__()
-        self.num_heads = cfg.num_heads
+        self.num_heads, self.causal = cfg.num_heads, cfg.causal
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(cfg.width, cfg.width) for _ in range(4))
 
     def forward(self, x):
         b, n, c = x.shape
         q, k, v = (proj(x).view(b, n, self.num_heads, -1).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -81,7 +83,7 @@ class MLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm causal self-attention and MLP, each with a residual."""
+    """Pre-norm self-attention and MLP, each with a residual."""
 
     def __init__(self, cfg):
         super().__init__()

@@ -1,0 +1,46 @@
+"""The known gap an adversarial stage must close (issue 18), through the trainer's own G and D functions.
+
+bench/bench_adversarial.py runs the whole experiment (every arm, seeds 0 and 1, g in {0, 0.5, 1}) and the
+issue's pass criteria. This CI check keeps the part measured to hold on the tiny recipe in about a minute:
+on held-out clips, D trained alone for one stage scores the g = 1 teacher's targets clearly above the
+student's jumps (seed 0, measured: accuracy 0.719, mean logits 1.157 real vs -0.096 fake). It has teeth:
+with D's optimizer step skipped (`bench_adversarial.py --sabotage skip_d_step`) D stays at chance
+(measured: accuracy 0.469, logits -0.241 vs -0.239)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_adversarial", REPO_ROOT / "bench" / "bench_adversarial.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench  # dataclasses look their module up there
+_spec.loader.exec_module(bench)
+
+MIN_ACCURACY, MIN_LOGIT_GAP = 0.6, 0.5
+
+
+def separation_failures(result: dict) -> list[str]:
+    failures = []
+    if not result["d_acc"] >= MIN_ACCURACY:
+        failures.append(f"held-out D accuracy {result['d_acc']:.3f} < {MIN_ACCURACY}")
+    if not result["real_logit"] - result["fake_logit"] >= MIN_LOGIT_GAP:
+        failures.append(f"mean real - fake logit {result['real_logit'] - result['fake_logit']:.3f} < {MIN_LOGIT_GAP}")
+    return failures
+
+
+@pytest.mark.slow
+def test_discriminator_alone_separates_the_known_gap(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is several times faster than two on a busy machine
+    try:
+        path = bench.write_tiny_base_model(tmp_path / "tiny_base.safetensors", seed=0)
+        problem = bench.Problem(bench.load_base_model(str(path)), seed=0)
+        result = bench.run_arm(problem, "d_only", 1.0, bench.Recipe())
+    finally:
+        torch.set_num_threads(threads)
+    assert separation_failures(result) == [], result
+    assert result["param_dist"] == 1.0 and result["moved"] == 0.0  # the student was frozen
+
