@@ -2,7 +2,7 @@
 
 from comfy_api.latest import ComfyExtension
 
-from .context import ContextOptions
+from .context import ContextOptions, ViewOptions
 from .control import PREPROCESSORS
 from .motion import ApplyMotionModule, LoadMotionModule, MotionLoraLoader
 from .prompt import PromptSchedule
@@ -13,7 +13,7 @@ from .video import LoadVideo, LoadVideoLatent, SaveVideo
 NODES = [
     LoadMotionModule, MotionLoraLoader, ApplyMotionModule,  # motion module
     LightningScheduler, LightningSampler, LightningKSampler,  # sampling
-    ContextOptions, PromptSchedule,  # long video
+    ContextOptions, ViewOptions, PromptSchedule,  # long video
     LoadVideo, LoadVideoLatent, SaveVideo, VAEEncodeChunked, VAEDecodeChunked,  # video in and out
     *PREPROCESSORS,  # control images for ControlNet
 ]

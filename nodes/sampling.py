@@ -42,17 +42,17 @@ def lightning_sigmas(model, steps, denoise=1.0):
 
 def check_frame_count(model, latent):
     """Fails early, naming the parameter, on an empty batch or on more frames than the position encoding
-    covers at once (without context windows) or per window (with them)."""
+    covers at once (without context windows or views) or per window or view (with them)."""
     limit = host.motion_settings(model).get("position_encoding_length")
     frames = latent["samples"].shape[0]
-    window = host.context_window_length(model)
+    window, views = host.context_window_length(model), host.views_settings(model)
     if frames == 0:
         raise ValueError("latent batch_size is 0 frames; a video needs at least one frame")
-    if window:
-        host.check_context_length(window, limit)
-    if limit and frames > limit and not window:
+    host.check_windows(limit, window, views)
+    if limit and frames > limit and not window and not views:
         raise ValueError(f"latent batch_size is {frames} frames but this motion module's position encoding covers "
-                         f"{limit}; use at most {limit} frames, or AnimateDiff-Lightning Context Options for more")
+                         f"{limit}; use at most {limit} frames, or AnimateDiff-Lightning View Options or Context "
+                         "Options for more")
 
 
 def check_prompt_frames(frames, *conditionings):
