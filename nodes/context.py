@@ -22,9 +22,14 @@ def check_context_options(model, context_length, context_overlap, fuse_method):
     if context_overlap >= context_length:
         raise ValueError(f"context_overlap is {context_overlap} but must be smaller than context_length "
                          f"({context_length}), or the windows would not advance")
-    if fuse_method == "overlap-linear" and context_overlap == 0:
-        raise ValueError("fuse_method overlap-linear cross-fades over the overlap: set context_overlap to at "
-                         "least 1, or use fuse_method flat")
+    check_fuse_overlap(fuse_method, context_overlap, "context_overlap")
+
+
+def check_fuse_overlap(fuse_method, overlap, name):
+    """overlap-linear has nothing to cross-fade without an overlap."""
+    if fuse_method == "overlap-linear" and overlap == 0:
+        raise ValueError(f"fuse_method overlap-linear cross-fades over the overlap: set {name} to at least 1, or "
+                         "use fuse_method flat")
 
 
 VIEWS_DESCRIPTION = (
@@ -73,9 +78,7 @@ class ViewOptions(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, view_length, view_overlap, schedule, fuse_method, freenoise, closed_loop) -> io.NodeOutput:
-        if fuse_method == "overlap-linear" and view_overlap == 0:
-            raise ValueError("fuse_method overlap-linear cross-fades over the overlap: set view_overlap to at "
-                             "least 1, or use fuse_method flat")
+        check_fuse_overlap(fuse_method, view_overlap, "view_overlap")
         views = {"length": view_length, "overlap": view_overlap, "schedule": schedule, "fuse_method": fuse_method,
                  "closed_loop": closed_loop, "freenoise": freenoise}
         return io.NodeOutput(host.with_views(model, views))

@@ -18,7 +18,8 @@ def by_hand(module, x, num_frames, windows, weights):
     transformer = module.temporal_transformer
     block = transformer.transformer_blocks[0]
     bf, c, h, w = x.shape
-    tokens = transformer.norm(x).view(bf // num_frames, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, num_frames, c)
+    tokens = transformer.norm(x).view(bf // num_frames, num_frames, c, h * w).permute(0, 3, 1, 2)
+    tokens = tokens.reshape(-1, num_frames, c)
     tokens = transformer.proj_in(tokens)
     fused, total = torch.zeros_like(tokens), torch.zeros(num_frames)
     for window, weight in zip(windows, weights):
@@ -40,7 +41,8 @@ def by_hand(module, x, num_frames, windows, weights):
 def test_views_equal_a_per_window_loop(schedule, fuse, frames, length, overlap, step):
     module = random_set(TINY).down_blocks[1].motion_modules[0]
     x = torch.randn(2 * frames, 64, 3, 2, generator=torch.Generator().manual_seed(5))
-    views = context.view_windows(schedule, fuse, frames, length, overlap, step, closed_loop=schedule == "looped_uniform")
+    views = context.view_windows(schedule, fuse, frames, length, overlap, step,
+                                 closed_loop=schedule == "looped_uniform")
     windows = [w for group in views[0] for w in group]
     assert len(windows) > 1 and max(map(len, windows)) == length
     with torch.no_grad():

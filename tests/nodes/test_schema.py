@@ -5,7 +5,8 @@ from host import PACKAGE_DIR_NAME
 PREFIX, CATEGORY = "ADL_", "AnimateDiff-Lightning"
 NODE_IDS = {"ADL_LoadMotionModule", "ADL_MotionLoraLoader", "ADL_ApplyMotionModule", "ADL_LightningScheduler",
             "ADL_LightningSampler", "ADL_LightningKSampler",
-            "ADL_ContextOptions", "ADL_ViewOptions", "ADL_PromptSchedule", "ADL_VAEDecodeChunked", "ADL_VAEEncodeChunked",
+            "ADL_ContextOptions", "ADL_ViewOptions", "ADL_PromptSchedule",
+            "ADL_VAEDecodeChunked", "ADL_VAEEncodeChunked",
             "ADL_LoadVideo", "ADL_LoadVideoLatent", "ADL_SaveVideo",
             "ADL_CannyPreprocessor", "ADL_SoftEdgePreprocessor", "ADL_GrayscalePreprocessor", "ADL_TilePreprocessor"}
 

@@ -18,8 +18,8 @@ import graphs
 from fixtures import oracle, sd15
 from host import saved_files
 from lightning_core import context, formats
-from test_context_nodes import (FRAMES, LENGTH, MOTION_FILE, SEED, SIZE, assert_same, context_inputs, local,  # noqa: F401
-                                motion_file, noise_for, run_error)
+from test_context_nodes import (FRAMES, LENGTH, SEED, SIZE, assert_same, context_inputs,  # noqa: F401
+                                local, motion_file, noise_for, run_error)
 from test_equivalence import LATENT_ATOL, PROMPT
 
 FREENOISE_FRAMES, FREENOISE_LENGTH, FREENOISE_STRIDE = 48, 16, 8
@@ -61,7 +61,8 @@ def test_views_alone_equal_diffusers_freenoise_at_48_frames(comfy, comfy_base, t
         view_length=FREENOISE_LENGTH, view_overlap=FREENOISE_LENGTH - FREENOISE_STRIDE)}
     prompt = graphs.save_latent(graphs.lightning_sample(prompt, model=("10", 0), seed=SEED), "tests/views_freenoise")
     comfy.run(prompt, timeout=900).raise_for_error()
-    ours = load_file(str(saved_files(comfy_base, "views_freenoise_*.latent")[-1]))["latent_tensor"]
+    saved = load_file(str(saved_files(comfy_base, "views_freenoise_*.latent")[-1]))["latent_tensor"]
+    ours = saved.float() * sd15.SCALING_FACTOR  # diffusers' latents are the UNet's, ComfyUI's the VAE's
 
     unet, vae, text_encoder, tokenizer = sd15.build_models("tiny")
     noise = sd15.comfy_noise((FREENOISE_FRAMES, 4, SIZE // 8, SIZE // 8), SEED)
