@@ -13,6 +13,13 @@ SCHEDULES = ("standard_uniform", "looped_uniform", "standard_static", "batched")
 FUSE_METHODS = ("pyramid", "flat", "overlap-linear", "relative")
 
 
+def check_frames(name, frames, limit, advice=""):
+    """ValueError naming `name` when `frames` exceed the `limit` frames a motion module's position encoding covers."""
+    if limit and frames > limit:
+        raise ValueError(f"{name} is {frames} frames but this motion module's position encoding covers {limit} "
+                         f"frames; {advice or f'use a {name} of at most {limit}'}")
+
+
 def ordered_halving(step):
     """Bit-reversed fraction of `step` in [0, 1): 0, 1/2, 1/4, 3/4, ... shifts uniform windows per step."""
     return int(f"{step:064b}"[::-1], 2) / (1 << 64)

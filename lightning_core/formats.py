@@ -27,13 +27,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import uuid
 from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_path
 from .motion_module import sinusoidal_position_encoding
 
 TORCH_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
@@ -396,16 +396,8 @@ def save_motion_module(path, sd: dict, layout: str = "original", metadata: dict 
             value = value.clone()
         seen.add(value.untyped_storage().data_ptr())
         out[key] = value
-    directory, name = os.path.split(os.path.abspath(path))
-    # Same directory so os.replace is a rename on one filesystem; save_file creates it (umask kept).
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        save_file(out, tmp, metadata=metadata)
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(out, str(tmp), metadata=metadata)
 
 
 # ----------------------------------------------------------------------------- motion LoRA

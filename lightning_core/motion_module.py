@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .context import fuse_windows
+from .context import check_frames, fuse_windows
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,8 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x):
         frames = x.shape[1]
-        if frames > self.pe.shape[1]:
-            raise ValueError(f"{frames} frames exceed this motion module's position encoding of "
-                             f"{self.pe.shape[1]} frames; lower the batch size (frame count), or use context "
-                             "windows or views")
+        check_frames("the batch size (frame count)", frames, self.pe.shape[1],
+                     "lower it, or use context windows or views")
         return x + self.pe[:, :frames].to(device=x.device, dtype=x.dtype)
 
 
@@ -230,3 +228,29 @@ class MotionModuleSet(nn.Module):
             for p in module.parameters():
                 p.data = p.data.to(dtype)
         return module
+
+    def layout(self, block_channels, num_res_blocks) -> dict[str, MotionModule]:
+        """UNet block name ('input_blocks.N', 'middle_block', 'output_blocks.N') -> the motion module that runs in it.
+
+        Down blocks run theirs after their layers, up blocks before their Upsample, the middle block between its
+        attention and its second ResBlock. `num_res_blocks` is an int or one per level; ValueError names both
+        shapes when the UNet does not fit the set (SD1.5-family UNets only).
+        """
+        cfg = self.config
+        res_blocks = {num_res_blocks} if isinstance(num_res_blocks, int) else set(num_res_blocks)
+        if (tuple(block_channels) != tuple(cfg.block_channels) or res_blocks != {cfg.down_layers}
+                or cfg.up_layers != cfg.down_layers + 1):
+            raise ValueError(
+                f"this motion module fits a UNet with block channels {tuple(cfg.block_channels)} and "
+                f"{cfg.down_layers} layers per block (SD1.5 family); the model has {tuple(block_channels)} and "
+                f"{sorted(res_blocks)} (SDXL and other families are not supported)")
+        stride = cfg.down_layers + 1  # each level: its res blocks, then a Downsample (input) / Upsample (output)
+        layout = {}
+        for i in range(len(cfg.block_channels)):
+            for j, module in enumerate(self.down_blocks[i].motion_modules):
+                layout[f"input_blocks.{1 + i * stride + j}"] = module
+            for j, module in enumerate(self.up_blocks[i].motion_modules):
+                layout[f"output_blocks.{i * stride + j}"] = module
+        if self.mid_block is not None:
+            layout["middle_block"] = self.mid_block.motion_modules[0]
+        return layout

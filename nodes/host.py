@@ -66,25 +66,10 @@ def _before_upsample(block):
 
 def motion_placements(unet, motion_set):
     """Maps each UNet block path to (insert position, motion module), checking the UNet fits the set."""
-    cfg = motion_set.config
-    levels, res_blocks = len(unet.channel_mult), unet.num_res_blocks
-    unet_channels = tuple(unet.model_channels * m for m in unet.channel_mult)
-    if (unet_channels != tuple(cfg.block_channels) or set(res_blocks) != {cfg.down_layers}
-            or cfg.up_layers != cfg.down_layers + 1):
-        raise ValueError(
-            f"this motion module fits a UNet with block channels {tuple(cfg.block_channels)} and "
-            f"{cfg.down_layers} layers per block (SD1.5 family); the model has {unet_channels} and "
-            f"{sorted(set(res_blocks))} (SDXL and other families are not supported)")
-    stride = cfg.down_layers + 1
-    placements = {}
-    for i in range(levels):
-        for j, motion in enumerate(motion_set.down_blocks[i].motion_modules):
-            placements[f"diffusion_model.input_blocks.{1 + i * stride + j}"] = (None, motion)
-        for j, motion in enumerate(motion_set.up_blocks[i].motion_modules):
-            placements[f"diffusion_model.output_blocks.{i * stride + j}"] = ("upsample", motion)
-    if motion_set.mid_block is not None:
-        placements["diffusion_model.middle_block"] = (2, motion_set.mid_block.motion_modules[0])
-    return placements
+    channels = tuple(unet.model_channels * m for m in unet.channel_mult)
+    position = {"input": None, "middle": 2, "output": "upsample"}  # after the layers / after the attention / before Upsample
+    return {f"diffusion_model.{name}": (position[name.split("_")[0]], motion)
+            for name, motion in motion_set.layout(channels, unet.num_res_blocks).items()}
 
 
 def inject_motion_module(model, motion_set, settings):
@@ -361,21 +346,12 @@ def with_context_windows(model, handler):
     return model
 
 
-def check_context_length(context_length, limit):
-    """Refuses windows longer than the motion module's position encoding, naming the parameter."""
-    if limit and context_length > limit:
-        raise ValueError(f"context_length is {context_length} but this motion module's position encoding covers "
-                         f"{limit} frames; use a context_length of at most {limit}, or put AnimateDiff-Lightning "
-                         "View Options before the Context Options so that the motion module sees views of it")
-
-
 def check_windows(limit, context_length=None, views=None):
     """Refuses UNet windows or views the motion module cannot take, naming the parameter: the motion module sees
     the views when there are some, else the whole UNet window."""
     if views:
-        if limit and views["length"] > limit:
-            raise ValueError(f"view_length is {views['length']} but this motion module's position encoding covers "
-                             f"{limit} frames; use a view_length of at most {limit} (16 is what it was trained on)")
+        context.check_frames("view_length", views["length"], limit,
+                             f"use a view_length of at most {limit} (16 is what it was trained on)")
         if views["overlap"] >= views["length"]:
             raise ValueError(f"view_overlap is {views['overlap']} but must be smaller than view_length "
                              f"({views['length']}), or the views would not advance")
@@ -384,7 +360,10 @@ def check_windows(limit, context_length=None, views=None):
                              f"{context_length} frames; use a view_length of at most {context_length}, or longer "
                              "UNet windows")
     elif context_length:
-        check_context_length(context_length, limit)
+        context.check_frames("context_length", context_length, limit,
+                             f"use a context_length of at most {limit} (16 is what it was trained on), or put "
+                             "AnimateDiff-Lightning View Options before the Context Options so that the motion "
+                             "module sees views of it")
 
 
 # ----------------------------------------------------------------------------- views

@@ -6,7 +6,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from ..lightning_core import sampling, schedule
+from ..lightning_core import context, sampling, schedule
 from . import control, host
 from .motion import CATEGORY
 
@@ -49,10 +49,10 @@ def check_frame_count(model, latent):
     if frames == 0:
         raise ValueError("latent batch_size is 0 frames; a video needs at least one frame")
     host.check_windows(limit, window, views)
-    if limit and frames > limit and not window and not views:
-        raise ValueError(f"latent batch_size is {frames} frames but this motion module's position encoding covers "
-                         f"{limit}; use at most {limit} frames, or AnimateDiff-Lightning View Options or Context "
-                         "Options for more")
+    if not window and not views:
+        context.check_frames("latent batch_size", frames, limit,
+                             f"use at most {limit} frames, or AnimateDiff-Lightning View Options or Context "
+                             "Options for more")
 
 
 def check_prompt_frames(frames, *conditionings):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,37 +19,15 @@ from tqdm.auto import tqdm
 
 from trainer import shards
 from trainer.shards import DTYPES
-from trainer.data import VIDEO_KINDS, DataError, Skip, index_dataset, sample_rng
+from trainer.config import Config, check
+from trainer.data import DataError, Skip, index_dataset, sample_rng
 
 log = logging.getLogger("trainer.cache")
 
 SHARD_PREFIX = "cache"
 
 
-@dataclass
-class CacheConfig:
-    dataset: str = ""
-    """Name of the video dataset (webvid_csv, folder or synthetic) in [data.datasets] to encode."""
-    output: str = ""
-    """Shard folder; point a dataset of kind 'cached' at it to train from it."""
-    base: str = ""
-    """Base model whose VAE and CLIP encode (empty: the ranks table's base for this dataset or its cache)."""
-    shard_size: int = 64
-    batch_size: int = 4
-    """Clips per VAE call."""
-    store_flipped: bool = False
-    """Also store the latents of the mirrored clip (exact flips, twice the disk)."""
-    latent_dtype: str = "float16"
-    """Storage dtype of latents and text embeddings: 'float16', 'bfloat16' or 'float32'."""
-
-    def __post_init__(self):
-        if self.latent_dtype not in DTYPES:
-            raise DataError(f"cache.latent_dtype must be one of {', '.join(DTYPES)}, not {self.latent_dtype!r}")
-        if min(self.shard_size, self.batch_size) < 1:
-            raise DataError("cache: shard_size and batch_size must be >= 1")
-
-
-def cache_base(cfg) -> str:
+def cache_base(cfg: Config) -> str:
     """The base model to encode with: cache.base, or the single base the ranks table uses on this data."""
     if cfg.cache.base:
         return cfg.cache.base
@@ -72,24 +49,17 @@ def _encode(base, examples, store_flipped: bool) -> dict[str, torch.Tensor]:
     return out
 
 
-def main(cfg, rank: int = 0, world_size: int = 1) -> None:
+def main(cfg: Config, rank: int = 0, world_size: int = 1) -> None:
     """Encodes this rank's shards of `cache.dataset` into `cache.output`."""
     from trainer import distributed
     from trainer.generate import _device
     from trainer.models import write_tiny_models
     from trainer.sd15 import load_base_model
 
+    check(cfg, "cache", world_size)
     c = cfg.cache
     if cfg.run.write_tiny_models:  # before any early return: it ends with a barrier every rank must reach
         write_tiny_models(cfg, rank)
-    if c.dataset not in cfg.data.datasets:
-        raise DataError(f"cache.dataset {c.dataset!r} is not defined; [data.datasets] has: "
-                        f"{', '.join(sorted(cfg.data.datasets)) or 'nothing'}")
-    if cfg.data.datasets[c.dataset].kind not in VIDEO_KINDS:
-        raise DataError(f"cache.dataset {c.dataset!r} is of kind {cfg.data.datasets[c.dataset].kind!r}; "
-                        f"only video kinds ({', '.join(VIDEO_KINDS)}) need caching")
-    if not c.output:
-        raise DataError("cache.output is empty: name the folder the cached shards go to")
     source, _ = index_dataset(c.dataset, cfg.data.datasets[c.dataset], cfg.data)
     out = Path(c.output)
     done = shards.read_manifests(out) if out.is_dir() else {}

@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from trainer import shards
+from trainer.config import DATASET_KINDS, VIDEO_KINDS, DataConfig, DatasetConfig
 from trainer.synthetic_videos import write_synthetic_videos
 from trainer.video_clips import (ClipTooShort, VideoReadError, clip_frame_indices, count_frames, frames_to_pixels,
                                  num_clip_starts, read_frames)
@@ -42,59 +43,11 @@ __all__ = ["Batch", "ClipLoader", "DataConfig", "DataError", "DatasetConfig", "b
 
 log = logging.getLogger("trainer.data")
 
-KINDS = ("webvid_csv", "folder", "synthetic", "latent_shards", "cached")
-VIDEO_KINDS = ("webvid_csv", "folder", "synthetic")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 class DataError(ValueError):
     """A dataset is misconfigured or has nothing usable; raised before training starts."""
-
-
-@dataclass
-class DatasetConfig:
-    kind: str = "folder"
-    """'webvid_csv' | 'folder' | 'synthetic' | 'latent_shards' | 'cached'."""
-    path: str = ""
-    """CSV file (webvid_csv), video folder (folder, synthetic) or shard folder (latent_shards, cached)."""
-    video_root: str = ""
-    """webvid_csv: folder the CSV's relative paths start from (default: the CSV's folder)."""
-    caption_column: str = "name"
-    path_column: str = "path"
-    """webvid_csv: relative video path column; if absent, {page_dir}/{videoid}.mp4 or {videoid}.mp4."""
-    max_items: int = 0
-    """Use only the first N entries of the dataset (0: all)."""
-    synthetic_count: int = 16
-    synthetic_frames: int = 0
-    """synthetic: frames per video (0: one clip span plus 8)."""
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise DataError(f"dataset kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
-
-
-@dataclass
-class DataConfig:
-    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
-    """Named datasets; each rank's `dataset` in the ranks table names one."""
-    frames: int = 16
-    frame_stride: int = 4
-    """Take every n-th source frame (a 16-frame clip at stride 4 spans 61 source frames)."""
-    size: int = 512
-    """Square training resolution in pixels (latents are size / 8)."""
-    hflip: bool = True
-    """Mirror half of the samples at random (paper 3.3: doubles the sample count)."""
-    seed: int = 0
-    """Shuffling and augmentation seed; epoch e shuffles with seed + e."""
-    prefetch: int = 2
-    """Samples decoded ahead in this many background threads while the step runs (0: load on demand).
-    Results do not depend on it: the order and each sample's random choices are fixed in advance."""
-
-    def __post_init__(self):
-        if self.frames < 1 or self.frame_stride < 1 or self.size < 8 or self.size % 8 or self.prefetch < 0:
-            raise DataError(f"data: frames and frame_stride must be >= 1, size a multiple of 8 and prefetch >= 0, got "
-                            f"frames {self.frames}, frame_stride {self.frame_stride}, size {self.size}, "
-                            f"prefetch {self.prefetch}")
 
 
 @dataclass
@@ -194,6 +147,8 @@ class ShardSource:
 def index_dataset(name: str, ds: DatasetConfig, data_cfg: DataConfig):
     """Builds the indexed list of a dataset -> (source, index-time skip counts). Raises DataError if empty."""
     skipped: Counter = Counter()
+    if ds.kind not in DATASET_KINDS:  # trainer.config checks this; callers that build a DataConfig by hand too
+        raise DataError(f"dataset {name!r}: kind {ds.kind!r} is not one of {', '.join(DATASET_KINDS)}")
     if ds.kind in VIDEO_KINDS:
         if ds.kind == "synthetic":
             if not ds.path:  # else the videos would land in the working directory

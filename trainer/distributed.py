@@ -12,6 +12,7 @@ teacher's n forward passes per step.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -37,8 +38,9 @@ class DistInfo:
         return self.world_size > 1 or dist.is_initialized()
 
 
-def setup(device: str = "auto") -> DistInfo:
-    """Reads torchrun's env (RANK, LOCAL_RANK, WORLD_SIZE); init NCCL on GPU, gloo on CPU (nanoGPT style)."""
+def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Reads torchrun's env (RANK, LOCAL_RANK, WORLD_SIZE); init NCCL on GPU, gloo on CPU (nanoGPT style).
+    Every collective then fails after timeout_s seconds instead of hanging (a rank that died, a stuck save)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if int(os.environ.get("RANK", -1)) == -1:
@@ -51,7 +53,8 @@ def setup(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, local_rank, world_size, dev)
 
 
@@ -125,6 +128,11 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def ranks_where(flag: bool, device) -> list[int]:
+    """The ranks on which flag is True (the same list on every rank)."""
+    return [r for r, v in enumerate(gather_floats(1.0 if flag else 0.0, device)) if v]
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every rank when flag is True on any rank (e.g. a non-finite loss)."""
     if not dist.is_initialized():
@@ -132,3 +140,25 @@ def any_rank(flag: bool, device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_floats(value: float, device) -> list[float]:
+    """Every rank's value, in rank order (one all_reduce of a world-size vector); [value] without a group."""
+    if not dist.is_initialized():
+        return [float(value)]
+    t = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    t[dist.get_rank()] = value
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def mean_by_group(values: dict[str, float], group: int, num_groups: int, device) -> dict[str, list[float | None]]:
+    """Per-group means over ranks ({key: [mean of group g, ...]}, None for a group no rank is in)."""
+    keys = sorted(values)
+    t = torch.zeros(num_groups, len(keys) + 1, dtype=torch.float64, device=device)
+    t[group, :-1] = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t[group, -1] = 1
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    counts = t[:, -1].tolist()
+    return {k: [row[i] / n if n else None for row, n in zip(t[:, :-1].tolist(), counts)] for i, k in enumerate(keys)}

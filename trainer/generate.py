@@ -19,7 +19,6 @@ import csv
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,47 +27,15 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_core import sampling, schedule
+from lightning_core.files import atomic_path
 from trainer import shards
 from trainer.shards import DTYPES
+from trainer.config import Config, check, rank_config
 from trainer.data import DataError
 
 log = logging.getLogger("trainer.generate")
 
 SHARD_PREFIX = "clips"
-
-
-@dataclass
-class GenerateConfig:
-    prompts: str = ""
-    """A .txt file (one prompt per line) or a .csv file (column `prompt_column`), e.g. WebVid's."""
-    prompt_column: str = "name"
-    output: str = ""
-    """Shard folder for every rank; empty: each rank's dataset path if that dataset is kind 'latent_shards'."""
-    num_clips: int = 0
-    """Clips per output folder (0: one per prompt); prompts repeat, with new seeds, beyond the list."""
-    clips_per_shard: int = 16
-    batch_size: int = 1
-    """Clips per teacher forward (the sampler runs 2 x batch_size x frames images for CFG)."""
-    steps: int = 32
-    cfg_scale: float = 7.5
-    negative_prompt: str = ""
-    """Paper 3.1: no negative prompt (the empty prompt is the unconditional branch)."""
-    frames: int = 0
-    """Frames per clip (0: data.frames)."""
-    size: int = 0
-    """Square size in pixels (0: data.size)."""
-    seed: int = 0
-    latent_dtype: str = "float16"
-    """Storage dtype of the latents: 'float16', 'bfloat16' or 'float32'."""
-    save_mp4: bool = False
-    """Also decode every clip with the VAE and write <output>/mp4/clip-<index>.mp4 for inspection."""
-    fps: int = 8
-
-    def __post_init__(self):
-        if self.latent_dtype not in DTYPES:
-            raise DataError(f"generate.latent_dtype must be one of {', '.join(DTYPES)}, not {self.latent_dtype!r}")
-        if min(self.clips_per_shard, self.batch_size, self.steps) < 1 or self.num_clips < 0:
-            raise DataError("generate: clips_per_shard, batch_size and steps must be >= 1, num_clips >= 0")
 
 
 def clip_seed(seed: int, index: int) -> int:
@@ -95,10 +62,8 @@ def read_prompts(path: str, column: str = "name") -> list[str]:
     return prompts
 
 
-def output_plan(cfg, rank: int, world_size: int) -> tuple[Path, int, int] | None:
+def output_plan(cfg: Config, rank: int, world_size: int) -> tuple[Path, int, int] | None:
     """(output folder, this rank's position among its writers, number of writers), or None: nothing to do."""
-    from trainer.config import rank_config
-
     if cfg.generate.output:
         return Path(cfg.generate.output), rank, world_size
     name = rank_config(cfg, rank).dataset
@@ -113,7 +78,7 @@ def output_plan(cfg, rank: int, world_size: int) -> tuple[Path, int, int] | None
     return Path(ds.path), writers.index(rank), len(writers)
 
 
-def shard_records(cfg, prompts: list[str], number: int, num_clips: int, base_name: str, teacher_name: str):
+def shard_records(cfg: Config, prompts: list[str], number: int, num_clips: int, base_name: str, teacher_name: str):
     """The records (what to render) of shard `number`."""
     g = cfg.generate
     first = number * g.clips_per_shard
@@ -148,13 +113,11 @@ def sample_clips(base, teacher, prompts: list[str], seeds: list[int], frames: in
 def write_mp4(path: Path, pixels: torch.Tensor, fps: int) -> None:
     """float pixels [f, 3, H, W] in [-1, 1] -> an mp4v file, written under a temporary name and renamed."""
     frames = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
 
 
 def _adoptable(path: Path, records: list[dict]) -> bool:
@@ -165,26 +128,26 @@ def _adoptable(path: Path, records: list[dict]) -> bool:
         return False
 
 
-def _device(cfg) -> torch.device:
+def _device(cfg: Config) -> torch.device:
     if cfg.run.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _autocast(cfg, device):
+def _autocast(cfg: Config, device):
     """bf16 autocast on CUDA when run.mixed_precision says so (as in training); CPU runs float32."""
     if device.type == "cuda" and cfg.run.mixed_precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def main(cfg, rank: int = 0, world_size: int = 1) -> None:
+def main(cfg: Config, rank: int = 0, world_size: int = 1) -> None:
     """Renders this rank's shards of its output folder (see the module docstring)."""
     from trainer import distributed
-    from trainer.config import rank_config
     from trainer.models import load_motion, write_tiny_models
     from trainer.sd15 import load_base_model
 
+    check(cfg, "generate", world_size)
     g = cfg.generate
     if cfg.run.write_tiny_models:  # before any early return: it ends with a barrier every rank must reach
         write_tiny_models(cfg, rank)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from lightning_core import formats
+from lightning_core import context, formats
 from lightning_core.motion_module import MotionModuleSet
 from trainer import distributed
-from trainer.config import Config, rank_config
+from trainer.config import Config, ConfigError, rank_config
 from trainer.sd15 import BaseModel, BaseModelError, load_base_model, tiny_motion_config, write_tiny_base_model
 
 
@@ -33,6 +33,14 @@ def flow_indices(cfg: Config) -> list[int]:
     """Flow index of every entry of the ranks table: distinct base paths, numbered in order of first use."""
     distinct = list(dict.fromkeys(r.base for r in cfg.ranks))
     return [distinct.index(r.base) for r in cfg.ranks]
+
+
+def flow_names(cfg: Config) -> list[str]:
+    """A name per flow for the metrics: the ranks table's `name` of its first entry, else its base file's stem."""
+    names = {}
+    for flow, entry in zip(flow_indices(cfg), cfg.ranks):
+        names.setdefault(flow, entry.name or Path(entry.base).stem)
+    return [names[f] for f in sorted(names)]
 
 
 def write_tiny_models(cfg: Config, rank: int) -> None:
@@ -67,6 +75,11 @@ def load_rank_models(cfg: Config, rank: int, device, base_dtype=torch.float32) -
     except ValueError as e:
         raise BaseModelError(f"base model {entry.base} (rank {rank}) does not fit the teacher motion module "
                              f"{cfg.model.teacher}: {e}") from None
+    try:  # the same rule the sampler nodes apply to a latent batch
+        context.check_frames("data.frames", cfg.data.frames, teacher.config.position_encoding_length,
+                             f"the teacher {cfg.model.teacher} was trained on 16")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     student = load_motion(cfg.model.teacher, device).requires_grad_(True).train()
     flows = flow_indices(cfg)
     return RankModels(base=base, teacher=teacher, student=student, flow=flows[rank % len(cfg.ranks)],

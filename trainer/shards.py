@@ -17,6 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from lightning_core.files import atomic_path
+
 MANIFEST_GLOB = "manifest-*.jsonl"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 """Storage dtypes the trainer writes tensors in (shards, caches, exports), by their config names."""
@@ -32,14 +34,10 @@ def manifest_path(folder, rank: int) -> Path:
 
 def write_shard(folder, name: str, tensors: dict[str, torch.Tensor], records: list[dict]) -> Path:
     """Writes one shard atomically (temporary file, fsync, rename)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path, tmp = folder / name, folder / f".{name}.{os.getpid()}.tmp"
+    path = Path(folder) / name
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata={"clips": json.dumps(records, sort_keys=True)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"clips": json.dumps(records, sort_keys=True)})
     return path
 
 

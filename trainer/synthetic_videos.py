@@ -7,11 +7,12 @@ frame is recognisable). A coloured shape moves across the whole frame in between
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from lightning_core.files import atomic_path, write_text_atomic
 
 INDEX_BITS = 8
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40),
@@ -91,23 +92,18 @@ def write_synthetic_videos(folder, count: int, frames: int, size, seed: int = 0,
         y = float(rng.uniform(h * 0.3, h * 0.7))
         caption = f"a {colour_name} {shape} moving {direction} on a {background_name} background"
         if not path.exists():
-            tmp = folder / f".{path.stem}.{os.getpid()}.tmp{ext}"
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), 8.0, (w, h))
-            if not writer.isOpened():
-                raise RuntimeError(f"opencv cannot write {codec} video to {tmp}")
-            for k in range(frames):
-                x = (w * 0.1 + speed * k) % w if direction == "right" else (w * 0.9 - speed * k) % w
-                frame = draw_frame(k, (w, h), shape, COLOURS[colour_name], BACKGROUNDS[background_name], (x, y))
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            writer.release()
-            os.replace(tmp, path)
-        _write_text(path.with_suffix(".txt"), caption)
+            with atomic_path(path, keep_suffix=True) as tmp:
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), 8.0, (w, h))
+                if not writer.isOpened():
+                    raise RuntimeError(f"opencv cannot write {codec} video to {tmp}")
+                for k in range(frames):
+                    x = (w * 0.1 + speed * k) % w if direction == "right" else (w * 0.9 - speed * k) % w
+                    frame = draw_frame(k, (w, h), shape, COLOURS[colour_name], BACKGROUNDS[background_name], (x, y))
+                    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                writer.release()
+        caption_file = path.with_suffix(".txt")
+        if not caption_file.exists() or caption_file.read_text() != caption:
+            write_text_atomic(caption_file, caption)
     return folder
 
 
-def _write_text(path: Path, text: str) -> None:
-    if path.exists() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import torch
 
+from lightning_core import video
+
 
 class VideoReadError(Exception):
     """A video cannot be opened or decoded (corrupt, truncated, not a video)."""
@@ -88,20 +90,10 @@ def _open(path) -> cv2.VideoCapture:
     return capture
 
 
-def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
-    """Scales the shorter side to `size` (area filter down, bicubic up), then cuts the centred size x size square."""
-    h, w = frame.shape[:2]
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        frame = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return frame[top:top + size, left:left + size]
-
-
 def frames_to_pixels(frames: np.ndarray, size: int, flip: bool) -> torch.Tensor:
-    """uint8 RGB [f, H, W, 3] -> float32 [f, 3, size, size] in [-1, 1], resized, centre-cropped, optionally mirrored."""
-    clip = np.stack([resize_center_crop(f, size) for f in frames])
+    """uint8 RGB [f, H, W, 3] -> float32 [f, 3, size, size] in [-1, 1], resized, centre-cropped, optionally mirrored.
+    The resize and crop are the video loader node's (`lightning_core.video.fit`): area filter down, bicubic up."""
+    clip = np.stack([video.fit(f, (size, size)) for f in frames])
     if flip:
         clip = clip[:, :, ::-1]
     pixels = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float()

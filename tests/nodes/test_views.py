@@ -137,7 +137,7 @@ def test_bad_view_options_are_refused_naming_the_parameter(comfy, comfy_base, ti
         return graphs.lightning_sample(prompt, model=model, seed=SEED)
 
     cases = {
-        "view_length is 33 but this motion module's position encoding covers 32": graph(view_length=33),
+        "view_length is 33 frames but this motion module's position encoding covers 32": graph(view_length=33),
         "view_overlap is 3 but must be smaller than view_length (3)": graph(view_overlap=3),
         "view_length is 3 but the UNet windows (context_length) have 2": graph(context=dict(context_length=2)),
     }

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from trainer import cache, shards
-from trainer.config import Config, from_dict
+from trainer.config import Config, ConfigError, from_dict
 from trainer.data import DataError, build_loader, index_dataset, sample_rng
 from trainer.sd15 import load_base_model
 from trainer.synthetic_videos import write_synthetic_videos
@@ -92,7 +92,7 @@ def test_stored_mirror_latents_are_the_encoding_of_the_mirrored_clip(root):
 def test_cache_errors_name_the_setting(root):
     cfg = config(root)
     cfg.cache.dataset = "cached"
-    with pytest.raises(DataError, match="only video kinds"):
+    with pytest.raises(ConfigError, match="cache.dataset: 'cached' is of kind 'cached'; only video kinds"):
         cache.main(cfg)
     cfg = config(root)
     cfg.ranks.append(type(cfg.ranks[0])(base="other.safetensors", dataset="videos"))

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_core.video import fit
 from trainer.data import DataConfig, DataError, DatasetConfig, Skip, index_dataset, sample_rng
 from trainer.synthetic_videos import decode_frame_index, is_mirrored, write_synthetic_videos
 from trainer.video_clips import (ClipTooShort, VideoReadError, clip_frame_indices, clip_span, count_frames,
-                                 frames_to_pixels, num_clip_starts, read_frames, resize_center_crop)
+                                 frames_to_pixels, num_clip_starts, read_frames)
 
 
 def as_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -44,15 +45,16 @@ def test_unreadable_files_raise_video_read_error(tmp_path):
 
 
 def test_resize_then_centre_crop_geometry():
+    """The training loader resizes and crops with the video loader node's `fit` (one rule for both)."""
     # A 60 x 90 frame whose value is the column index rounded down to even: area-halving is exact on it.
     wide = np.repeat((np.arange(90) // 2 * 2).astype(np.uint8)[None, :, None], 60, axis=0).repeat(3, axis=2)
-    out = resize_center_crop(wide, 30)  # -> 30 x 45, cut 7 columns on the left
+    out = fit(wide, (30, 30))  # -> 30 x 45, cut 7 columns on the left
     assert out.shape == (30, 30, 3)
     assert out[0, :, 0].tolist() == [2 * (j + 7) for j in range(30)]
     tall = np.ascontiguousarray(wide.transpose(1, 0, 2))  # 90 x 60: crops rows instead
-    assert resize_center_crop(tall, 30)[:, 0, 0].tolist() == [2 * (j + 7) for j in range(30)]
+    assert fit(tall, (30, 30))[:, 0, 0].tolist() == [2 * (j + 7) for j in range(30)]
     same = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
-    assert np.array_equal(resize_center_crop(same, 16), same)  # already the size: untouched
+    assert np.array_equal(fit(same, (16, 16)), same)  # already the size: untouched
 
 
 def test_pixels_range_and_horizontal_flip(tmp_path):

@@ -130,8 +130,8 @@ def test_nothing_usable_raises_data_error_naming_the_path(tmp_path, base):
         build_loader(data_config(tmp_path / "missing"), "clips", 0, 1, base)
     with pytest.raises(DataError, match="'other' is not defined"):
         build_loader(data_config(empty), "other", 0, 1, base)
-    with pytest.raises(DataError, match="kind must be one of"):
-        DatasetConfig(kind="tar")
+    with pytest.raises(DataError, match="'tar' is not one of"):
+        build_loader(DataConfig(datasets={"t": DatasetConfig(kind="tar", path=str(tmp_path))}), "t", 0, 1, base)
 
 
 def test_synthetic_kind_writes_its_videos_first(tmp_path, base):

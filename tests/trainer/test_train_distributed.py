@@ -1,9 +1,11 @@
 """Cross-model training on torchrun (gloo, CPU): one student and one discriminator for all ranks, a distinct
 frozen base per rank. Checked through the per-rank fingerprints (sha256 of exact bytes) in every checkpoint."""
+import json
 import os
 import socket
 import subprocess
 
+import pytest
 import torch
 
 from train_recipe import PYTHON, REPO_ROOT, STAGES, recipe, restore_threads, run_trainer, tiny_assets, write_config  # noqa: F401
@@ -42,6 +44,11 @@ def _check_ranks_agree(ckpt_dir, tiny_assets):
     assert found[2].joinpath("state.pt").exists() and checkpoint.load(found[2], 0)[0]["discriminator"] is not None
     first, last = (checkpoint.load(p, 0)[0]["student"] for p in (found[0], found[-1]))
     assert any(not torch.equal(first[k], last[k]) for k in first)  # it trained
+    rows = [json.loads(line) for line in (ckpt_dir.parent / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # per base model, and their mean (one rank per base here)
+        for key in ("loss_g",) + (("loss_d", "d_accuracy") if "loss_d" in row else ()):
+            assert row[key] == pytest.approx((row[f"{key}/a"] + row[f"{key}/b"]) / 2, rel=1e-9, abs=1e-12)
+    assert sum("loss_d/a" in row for row in rows) == 2
 
 
 def test_two_ranks_one_student_two_bases(tiny_assets, tmp_path):

@@ -24,12 +24,18 @@ def test_bad_config_key(tiny_assets, tmp_path, capsys):
 def test_missing_base_and_teacher_files(tiny_assets, tmp_path, capsys):
     data = recipe(tiny_assets, tmp_path / "run", stages=ONE_STEP, run={"write_tiny_models": False})
     data["ranks"][0]["base"] = str(tmp_path / "nowhere.safetensors")
+    data["model"]["teacher"] = str(tmp_path / "no_teacher.safetensors")
+    code, err = run_main(tmp_path, data, capsys)  # both named at once, before any model loads
+    assert code == 2 and "Traceback" not in err
+    assert f"ranks.0.base: '{tmp_path / 'nowhere.safetensors'}' is not an existing file" in err
+    assert f"model.teacher: '{tmp_path / 'no_teacher.safetensors'}' is not an existing file" in err
+
+
+def test_more_frames_than_the_teacher_covers(tiny_assets, tmp_path, capsys):
+    data = recipe(tiny_assets, tmp_path / "run", stages=ONE_STEP)
+    data["data"]["frames"] = 33  # the sampler nodes' rule, from lightning_core.context.check_frames
     code, err = run_main(tmp_path, data, capsys)
-    assert code == 1 and "nowhere.safetensors not found" in err
-    data = recipe(tiny_assets, tmp_path / "run", stages=ONE_STEP, run={"write_tiny_models": False},
-                  model={"teacher": str(tmp_path / "no_teacher.safetensors")})
-    code, err = run_main(tmp_path, data, capsys)
-    assert code == 1 and "no_teacher.safetensors does not exist" in err
+    assert code == 1 and "data.frames is 33 frames but this motion module's position encoding covers 32" in err
 
 
 def test_wrong_base_architecture(tiny_assets, tmp_path, capsys):

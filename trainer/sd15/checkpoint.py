@@ -6,13 +6,13 @@ inferred from tensor shapes and every part loads strictly.
 """
 
 import os
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from lightning_core.files import atomic_path
 from lightning_core.formats import MotionFormatError, load_state_dict
 from lightning_core.motion_module import MotionModuleConfig
 
@@ -204,13 +204,8 @@ def checkpoint_state_dict(unet, vae, text_encoder):
 def save_checkpoint(path, state_dict, metadata=None):
     """Writes a safetensors file atomically: a temporary file in the same folder, then os.replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -1,8 +1,8 @@
 """The SD1.5 UNet in the original (LDM `openaimodel.py`) layout, with AnimateDiff motion modules slotted in.
 
 Parameter names are those under `model.diffusion_model.` in a single-file checkpoint, so the state dict
-loads with strict=True. Motion modules are placed exactly as nodes/host.py `motion_placements` places
-them in ComfyUI: at the end of every down block (after its ResBlock and attention), before the Upsample
+loads with strict=True. Motion modules are placed by `MotionModuleSet.layout` (lightning_core), the rule the
+ComfyUI nodes use too (nodes/host.py `motion_placements`): at the end of every down block (after its ResBlock and attention), before the Upsample
 of every up block, and in the middle block after its attention, before its second ResBlock.
 """
 
@@ -264,23 +264,8 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
 
     def motion_layout(self, motion):
-        """Maps input/middle/output block names to their motion modules (nodes/host.py motion_placements)."""
-        cfg, unet = motion.config, self.config
-        if (tuple(cfg.block_channels) != unet.block_channels or cfg.down_layers != unet.num_res_blocks
-                or cfg.up_layers != cfg.down_layers + 1):
-            raise ValueError(f"this motion module fits a UNet with block channels {tuple(cfg.block_channels)} and "
-                             f"{cfg.down_layers} layers per block; the base model has {unet.block_channels} and "
-                             f"{unet.num_res_blocks}")
-        stride = cfg.down_layers + 1
-        layout = {}
-        for i in range(len(cfg.block_channels)):
-            for j, module in enumerate(motion.down_blocks[i].motion_modules):
-                layout[f"input_blocks.{1 + i * stride + j}"] = module
-            for j, module in enumerate(motion.up_blocks[i].motion_modules):
-                layout[f"output_blocks.{i * stride + j}"] = module
-        if motion.mid_block is not None:
-            layout["middle_block"] = motion.mid_block.motion_modules[0]
-        return layout
+        """Maps input/middle/output block names to their motion modules (the rule the ComfyUI nodes use)."""
+        return motion.layout(self.config.block_channels, self.config.num_res_blocks)
 
     def _run(self, block, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
