@@ -1,14 +1,23 @@
-"""Benchmark: a 64-frame, 4-step text-to-video in context windows of 16 (overlap 4), in one process, alternating
+"""Benchmark: a 64-frame, 4-step text-to-video in windows of 16 (overlap 4), in one process, alternating
 
-  ours sequential   ADL context handler, one window per UNet call (windows_per_batch 1)
-  ours batched      ADL context handler, as many windows per UNet call as memory allows (windows_per_batch 0)
+  ours sequential   UNet windows: ADL context handler, one window per UNet call (windows_per_batch 1)
+  ours batched      UNet windows, as many per UNet call as memory allows (windows_per_batch 0)
+  ours views        ADL View Options alone: the UNet sees all frames, the motion module attends in views of 16
+                    (standard_static, pyramid: diffusers FreeNoise's windows and weights)
+  ours views in UNet windows
+                    views of 16 (overlap 4) inside UNet windows of 32 (overlap 8), one per call: the
+                    memory-bounded composition (UNet windows as long as the position encoding allows twice over)
   stock             ComfyUI's ContextWindowsManual handler on the same patched model (IndexListContextHandler)
   diffusers         AnimateDiffPipeline.enable_free_noise(context_length 16, context_stride 12), same weights,
                     motion-module GroupNorm per frame as in tests/fixtures/oracle.py
 
+AnimateDiff-Evolved's View Options are not run: the package is not installed in the host copy here, and its
+code may not be copied into this project.
+
 Same prompt, weights and noise; sampling only (prompt encoding and VAE decode are not timed; the decode of
-long videos is the chunked decoder's business). Then ours alone at 64, 256 and 1,024 frames at a tiny size:
-peak memory must stay flat apart from the latents themselves. Time and memory are measured as in
+long videos is the chunked decoder's business). Then each of our modes and diffusers at 64, 256 and 1,024 frames
+at a tiny image size (one step): UNet windows keep peak memory flat apart from the latents; views alone grow
+with the frame count, as the UNet then takes every frame in one call. Time and memory are measured as in
 bench_t2v.py (median wall time; peak RSS above the level before the run, or the CUDA allocator's peak).
 
     .venv/bin/python bench/bench_long.py [--unet full|tiny] [--sizes 64 256] [--reps N]
@@ -29,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_t2v as t2v  # noqa: E402  (import_host, PeakMemory, cpu_name: measured the same way)
 
 FRAMES, STEPS, SEED, LENGTH, OVERLAP = 64, 4, 7, 16, 4
+UNET_LENGTH, UNET_OVERLAP = 32, 8  # the UNet windows around views of LENGTH
 PROMPT = t2v.PROMPT
 DEVICE = t2v.DEVICE
 
@@ -60,11 +70,15 @@ def ours_sides(sd15, motion_sd, checkpoint):
         comfy.context_windows.create_prepare_sampling_wrapper(patched)
         return patched
 
+    views = {"length": LENGTH, "overlap": OVERLAP, "schedule": "standard_static", "fuse_method": "pyramid"}
     models = {
         "ours sequential": host.with_context_windows(model, host.LightningContextHandler(
             "standard_uniform", "pyramid", LENGTH, OVERLAP, windows_per_batch=1)),
         "ours batched": host.with_context_windows(model, host.LightningContextHandler(
             "standard_uniform", "pyramid", LENGTH, OVERLAP, windows_per_batch=0)),
+        "ours views": host.with_views(model, views),
+        "ours views in UNet windows": host.with_context_windows(host.with_views(model, views), (
+            host.LightningContextHandler("standard_uniform", "pyramid", UNET_LENGTH, UNET_OVERLAP))),
         "stock ContextWindowsManual": stock_model(),
     }
 
@@ -98,13 +112,13 @@ def diffusers_side(sd15, motion_sd, unet_size):
                            noise_type="random")  # "random": the given latents are used as they are
     pipe.set_progress_bar_config(disable=True)
 
-    def run_for_size(size):
-        noise = sd15.comfy_noise((FRAMES, 4, size // 8, size // 8), SEED)
+    def run_for_size(size, frames=FRAMES, steps=STEPS):
+        noise = sd15.comfy_noise((frames, 4, size // 8, size // 8), SEED)
         latents = noise.permute(1, 0, 2, 3)[None].to(DEVICE)
 
         def run():
             with torch.no_grad():
-                return pipe(PROMPT, num_frames=FRAMES, height=size, width=size, num_inference_steps=STEPS,
+                return pipe(PROMPT, num_frames=frames, height=size, width=size, num_inference_steps=steps,
                             guidance_scale=1.0, latents=latents, output_type="latent").frames
         return run
 
@@ -146,31 +160,40 @@ def bench(sides, size, reps):
 
 
 def table(results, size):
-    base = results["ours sequential"]
+    base, peer = results["ours sequential"], results.get("diffusers FreeNoise", {})
     rows = [f"| {size}x{size}, {FRAMES} frames | wall s | peak MiB | time / ours sequential "
-            "| memory / ours sequential |",
-            "|---|---|---|---|---|"]
+            "| memory / ours sequential | time / diffusers FreeNoise |",
+            "|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "error" in r:
-            rows.append(f"| {name} | fails: `{r['error']}` | | | |")
+            rows.append(f"| {name} | fails: `{r['error']}` | | | | |")
         else:
+            versus_peer = f"{r['s'] / peer['s']:.2f}" if "s" in peer else ""
             rows.append(f"| {name} | {r['s']:.2f} | {r['mib']:.0f} | {r['s'] / base['s']:.2f} | "
-                        f"{r['mib'] / max(base['mib'], 1e-9):.2f} |")
+                        f"{r['mib'] / max(base['mib'], 1e-9):.2f} | {versus_peer} |")
     return "\n".join(rows)
 
 
-def frame_scaling(sides, size):
-    """Peak memory of ours (sequential), one step, at growing frame counts; the latents themselves listed beside."""
-    name, run_for_size = sides[0]
-    import comfy.model_management  # noqa: F401
+def frame_scaling(sides, size, frame_counts=(64, 256, 1024)):
+    """Peak memory of each mode, one step, at growing frame counts; the latents themselves listed beside."""
     from adl.lightning_core import schedule
-    rows = ["| frames | peak MiB | of which latents (x, noise, output: 3 copies) MiB |", "|---|---|---|"]
-    for frames in (64, 256, 1024):
-        run = run_for_size(size, frames=frames, steps_sigmas=schedule.get_sigmas_trailing(1))
-        r = measure(run)
-        latents = 3 * frames * 4 * (size // 8) ** 2 * 4 / 2**20
-        rows.append(f"| {frames} | {r.get('mib', float('nan')):.1f} | {latents:.1f} |")
-        print(f"  {name} {frames} frames at {size}x{size}: {r}", flush=True)
+    rows = [f"| {size}x{size}, one step, peak MiB | " + " | ".join(f"{f} frames" for f in frame_counts) + " |",
+            "|---|" + "---|" * len(frame_counts),
+            "| latents (x, noise, output: 3 copies) | "
+            + " | ".join(f"{3 * f * 4 * (size // 8) ** 2 * 4 / 2**20:.1f}" for f in frame_counts) + " |"]
+    for name, run_for_size in sides:
+        if name.startswith("stock"):  # fails on frame batches (see the speed table)
+            continue
+        cells = []
+        for frames in frame_counts:
+            if name.startswith("diffusers"):
+                run = run_for_size(size, frames=frames, steps=1)
+            else:
+                run = run_for_size(size, frames=frames, steps_sigmas=schedule.get_sigmas_trailing(1))
+            r = measure(run)
+            cells.append(f"{r['mib']:.0f} ({r['s']:.1f} s)" if "mib" in r else "fails")
+            print(f"  {name} {frames} frames at {size}x{size}: {r}", flush=True)
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -183,6 +206,7 @@ def main():
     parser.add_argument("--no-diffusers", action="store_true")
     parser.add_argument("--scaling-size", type=int, default=32,
                         help="image size of the 64/256/1,024-frame runs (0 skips them)")
+    parser.add_argument("--scaling-frames", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "adl-bench")
     args = parser.parse_args()
     if DEVICE == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see bench_t2v.py
@@ -198,9 +222,9 @@ def main():
           f"UNet {args.unet}", flush=True)
     sides = ours_sides(sd15, motion_sd, checkpoint)
     all_sides = sides + ([] if args.no_diffusers else [diffusers_side(sd15, motion_sd, args.unet)])
-    tables = [table(bench(all_sides, size, args.reps), size) for size in args.sizes]
+    tables = [table(bench(all_sides, size, args.reps), size) for size in args.sizes if size]  # --sizes 0: none
     if args.scaling_size:
-        tables.append(frame_scaling(sides, args.scaling_size))
+        tables.append(frame_scaling(all_sides, args.scaling_size, tuple(args.scaling_frames)))
     print("\n" + "\n\n".join(tables))
 
 

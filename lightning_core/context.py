@@ -169,10 +169,40 @@ def freenoise(noise, length, overlap, generator):
 
 def denoise_windowed(denoiser, x, sigma, windows, weights):
     """Runs `denoiser(x[window], sigma)` window by window and averages the results per frame with `weights`."""
-    fused = torch.zeros_like(x)
-    total = x.new_zeros(x.shape[0])
-    for window, weight in zip(windows, weights):
-        weight = weight.to(x)
-        fused[window] += denoiser(x[window], sigma) * weight.view(-1, *[1] * (x.ndim - 1))
-        total[window] += weight
-    return fused / total.view(-1, *[1] * (x.ndim - 1))
+    return fuse_windows(lambda window_x: denoiser(window_x, sigma), x, [[w] for w in windows], weights)
+
+
+def fuse_windows(function, x, groups, weights, dim=0):
+    """Runs `function` on each group of equal-length windows of `x` along `dim` and averages per frame.
+
+    A group of n windows of L frames is one call: `function` gets their frames stacked on dim 0 as n batches of
+    [..., L, ...] (n * x.shape[0] rows when dim is 1) and returns the same shape. `weights` holds one tensor per
+    window, in the groups' order. Frames in no window come out as 0 / 0.
+    """
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    fused, total = torch.zeros_like(x), x.new_zeros(x.shape[dim])
+    weights = iter(weights)
+    for group in groups:
+        index = torch.tensor([i for window in group for i in window], device=x.device)
+        weight = torch.cat([next(weights) for _ in group]).to(x)
+        frames = x.index_select(dim, index)
+        if dim > 0:  # [a, n * L, ...] -> [n * a, L, ...]: each window its own batch entry
+            frames = frames.unflatten(dim, (len(group), -1)).movedim(dim, 0).flatten(0, 1)
+        out = function(frames)
+        if dim > 0:
+            out = out.unflatten(0, (len(group), -1)).movedim(0, dim).flatten(dim, dim + 1)
+        fused.index_add_(dim, index, out * weight.view(shape))
+        total.index_add_(0, index, weight)
+    return fused / total.view(shape)
+
+
+def view_windows(schedule, fuse_method, num_frames, length, overlap, step=0, closed_loop=False):
+    """(groups of equal-length windows, their fuse weights) for the motion module's views of `num_frames` frames.
+
+    None when one view covers every frame in order: then nothing is windowed, so the result is the plain one.
+    """
+    windows = context_windows(schedule, num_frames, length, overlap, step, closed_loop=closed_loop)
+    if len(windows) == 1 and windows[0] == list(range(num_frames)):
+        return None
+    return stack_windows(windows, len(windows)), [fuse_weights(fuse_method, w, num_frames, overlap) for w in windows]

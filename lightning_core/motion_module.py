@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .context import check_frames
+from .context import check_frames, fuse_windows
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x):
         frames = x.shape[1]
-        check_frames("the batch size (frame count)", frames, self.pe.shape[1], "lower it or use context windows")
+        check_frames("the batch size (frame count)", frames, self.pe.shape[1],
+                     "lower it, or use context windows or views")
         return x + self.pe[:, :frames].to(device=x.device, dtype=x.dtype)
 
 
@@ -137,9 +138,19 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(channels, operations=operations)
         self.ff_norm = operations.LayerNorm(channels)
 
-    def forward(self, x, scale_multiplier=1.0):
+    def attend(self, x, scale_multiplier=1.0):
+        """The two attentions with their residuals: the only part of the block that mixes frames."""
         for attention, norm in zip(self.attention_blocks, self.norms):
             x = attention(norm(x), scale_multiplier) + x
+        return x
+
+    def forward(self, x, scale_multiplier=1.0, views=None):
+        """`views` (window groups, weights; see `context.view_windows`): the attentions see each view's frames
+        alone and their outputs are averaged per frame before the per-frame feed-forward (FreeNoise's order)."""
+        if views is None:
+            x = self.attend(x, scale_multiplier)
+        else:
+            x = fuse_windows(lambda frames: self.attend(frames, scale_multiplier), x, *views, dim=1)
         return self.ff(self.ff_norm(x)) + x
 
 
@@ -154,14 +165,14 @@ class TemporalTransformer(nn.Module):
             [TemporalTransformerBlock(channels, num_heads, position_encoding_length, operations)])
         self.proj_out = operations.Linear(channels, channels)
 
-    def forward(self, x, num_frames, scale_multiplier=1.0):
+    def forward(self, x, num_frames, scale_multiplier=1.0, views=None):
         bf, c, h, w = x.shape
         b = bf // num_frames
         # Norm, projections and feed-forward act per token, so one rearrange up front serves them all.
         tokens = self.norm(x).view(b, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, num_frames, c)
         tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
-            tokens = block(tokens, scale_multiplier)
+            tokens = block(tokens, scale_multiplier, views)
         tokens = self.proj_out(tokens)
         return tokens.view(b, h * w, num_frames, c).permute(0, 2, 3, 1).reshape(bf, c, h, w)
 
@@ -169,17 +180,19 @@ class TemporalTransformer(nn.Module):
 class MotionModule(nn.Module):
     """One temporal layer: `x + effect * temporal_transformer(x)`; effect 1 and scale 1 are as trained.
 
-    `scale_multiplier` multiplies the attention logits (lower: calmer motion, higher: livelier).
+    `scale_multiplier` multiplies the attention logits (lower: calmer motion, higher: livelier). `views`
+    windows the temporal attention over the frames of each video (see `TemporalTransformerBlock.forward`), so a
+    video may be longer than the position encoding.
     """
 
     def __init__(self, channels, num_heads, position_encoding_length, operations=nn):
         super().__init__()
         self.temporal_transformer = TemporalTransformer(channels, num_heads, position_encoding_length, operations)
 
-    def forward(self, x, num_frames, effect=1.0, scale_multiplier=1.0):
+    def forward(self, x, num_frames, effect=1.0, scale_multiplier=1.0, views=None):
         if x.shape[0] % num_frames:
             raise ValueError(f"batch of {x.shape[0]} latents is not a whole number of {num_frames}-frame videos")
-        delta = self.temporal_transformer(x, num_frames, scale_multiplier)
+        delta = self.temporal_transformer(x, num_frames, scale_multiplier, views)
         return x + delta if effect == 1.0 else x + effect * delta
 
 

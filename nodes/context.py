@@ -16,15 +16,71 @@ FUSE_TOOLTIP = ("How the windows' results are averaged where they overlap. pyram
 
 def check_context_options(model, context_length, context_overlap, fuse_method):
     """Fails early, naming the parameter, on windows the motion module or the schedule cannot use."""
-    limit = host.motion_settings(model).get("position_encoding_length")
-    context.check_frames("context_length", context_length, limit,
-                         f"use a context_length of at most {limit} (16 is what it was trained on)")
+    host.check_windows(host.motion_settings(model).get("position_encoding_length"), context_length,
+                       host.views_settings(model))
     if context_overlap >= context_length:
         raise ValueError(f"context_overlap is {context_overlap} but must be smaller than context_length "
                          f"({context_length}), or the windows would not advance")
-    if fuse_method == "overlap-linear" and context_overlap == 0:
-        raise ValueError("fuse_method overlap-linear cross-fades over the overlap: set context_overlap to at "
-                         "least 1, or use fuse_method flat")
+    check_fuse_overlap(fuse_method, context_overlap, "context_overlap")
+
+
+def check_fuse_overlap(fuse_method, overlap, name):
+    """overlap-linear has nothing to cross-fade without an overlap."""
+    if fuse_method == "overlap-linear" and overlap == 0:
+        raise ValueError(f"fuse_method overlap-linear cross-fades over the overlap: set {name} to at least 1, or "
+                         "use fuse_method flat")
+
+
+VIEWS_DESCRIPTION = (
+    "Lets the motion module see a long video in overlapping views of frames (FreeNoise's design): only its "
+    "temporal attention is windowed and averaged per frame, every other layer runs once per frame. Three ways "
+    "to sample a long video:\n"
+    "- View Options alone: the UNet takes all frames in one call per step. Fastest (each frame through the "
+    "UNet once per step); memory grows with the frame count like an image batch of that many frames.\n"
+    "- View Options, then Context Windows with a longer context_length (e.g. 64): views inside UNet windows. "
+    "Memory is bounded by the UNet window; time grows with the UNet windows' overlap.\n"
+    "- Context Windows alone (context_length at most 32): every layer per window. Least memory, slowest "
+    "(frames in overlaps go through the whole UNet once per window).")
+
+
+class ViewOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ADL_ViewOptions",
+            display_name=menu.title("View Options"),
+            category=menu.LONG_VIDEO,
+            description=VIEWS_DESCRIPTION,
+            inputs=[
+                io.Model.Input("model", tooltip="A model with a motion module applied."),
+                io.Int.Input("view_length", default=16, min=1, max=128,
+                             tooltip="Frames per view: 16, what AnimateDiff was trained on, is best; at most the "
+                                     "module's position encoding (32 for v2/v3/Lightning, 24 for v1) and at most "
+                                     "the context_length of Context Windows used with it."),
+                io.Int.Input("view_overlap", default=4, min=0, max=127,
+                             tooltip="Frames shared by neighbouring views: smoother motion across views. It costs "
+                                     "only temporal-attention time (a few percent of a step), so it can be generous."
+                                     " Must be below view_length."),
+                io.Combo.Input("schedule", options=list(context.SCHEDULES), default="standard_static",
+                               tooltip=SCHEDULE_TOOLTIP + " standard_static is FreeNoise's (diffusers) choice."),
+                io.Combo.Input("fuse_method", options=list(context.FUSE_METHODS), default="pyramid",
+                               tooltip=FUSE_TOOLTIP),
+                io.Boolean.Input("freenoise", default=False,
+                                 tooltip="FreeNoise initial noise with the views' length and overlap (the Context "
+                                         "Options' own setting wins when both are attached)."),
+                io.Boolean.Input("closed_loop", default=False,
+                                 tooltip="With looped_uniform: views also span the end and the start, so the motion "
+                                         "loops. Ignored by the other schedules."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model, its motion module attending within views; any sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, view_length, view_overlap, schedule, fuse_method, freenoise, closed_loop) -> io.NodeOutput:
+        check_fuse_overlap(fuse_method, view_overlap, "view_overlap")
+        views = {"length": view_length, "overlap": view_overlap, "schedule": schedule, "fuse_method": fuse_method,
+                 "closed_loop": closed_loop, "freenoise": freenoise}
+        return io.NodeOutput(host.with_views(model, views))
 
 
 class ContextOptions(io.ComfyNode):
@@ -73,4 +129,4 @@ class ContextOptions(io.ComfyNode):
         return io.NodeOutput(host.with_context_windows(model, handler))
 
 
-NODES = [ContextOptions]
+NODES = [ViewOptions, ContextOptions]

@@ -7,6 +7,7 @@ ControlNets) still find their keys, and ComfyUI restores the original blocks whe
 the clone. `forward_timestep_embed_patch` tells the UNet how to call the inserted layers.
 """
 
+import functools
 import logging
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -71,7 +72,9 @@ def _num_frames(x, transformer_options):
 
 def _forward_motion(layer, x, emb, context, transformer_options, *unused):
     settings = transformer_options.get(KEY, {})
-    return layer(x, _num_frames(x, transformer_options), settings.get("effect", 1.0), settings.get("motion_scale", 1.0))
+    frames = _num_frames(x, transformer_options)
+    return layer(x, frames, settings.get("effect", 1.0), settings.get("motion_scale", 1.0),
+                 _views(settings.get("views"), frames, transformer_options))
 
 
 def _with_motion(block, motion, position):
@@ -126,14 +129,15 @@ class MotionMemoryRequired:
     is patched; it is removed with the other object patches.
     """
 
-    def __init__(self, base, num_heads, max_frames, dtype):
+    def __init__(self, base, num_heads, max_frames, dtype, view_factor=1.0):
         self.base, self.num_heads, self.max_frames, self.dtype = base, num_heads, max_frames, dtype
+        self.view_factor = view_factor  # views hold each overlapped frame once per view: frames in views / frames
 
     def __call__(self, input_shape, cond_shapes={}):
         batch, _, height, width = input_shape[:4]
         temporal = temporal_attention_bytes(batch, height, width, self.max_frames, self.num_heads,
                                             comfy.model_management.dtype_size(self.dtype))
-        return self.base(input_shape, cond_shapes=cond_shapes) + temporal
+        return self.base(input_shape, cond_shapes=cond_shapes) + int(temporal * self.view_factor)
 
 
 def _patch_memory_required(model, motion_set):
@@ -212,8 +216,8 @@ class LightningContextHandler(comfy.context_windows.IndexListContextHandler):
         self._calls = 1  # model calls in the current step: sizes the progress bar
 
     def should_use_context(self, model, conds, x_in, timestep, model_options):
-        context.check_frames("context_length", self.context_length,
-                             model_options.get("transformer_options", {}).get(KEY, {}).get("position_encoding_length"))
+        settings = model_options.get("transformer_options", {}).get(KEY, {})
+        check_windows(settings.get("position_encoding_length"), self.context_length, settings.get("views"))
         return super().should_use_context(model, conds, x_in, timestep, model_options)
 
     def set_step(self, timestep, model_options):
@@ -394,11 +398,19 @@ def _prepare_sampling_wrapper(executor, model, noise_shape, *args, **kwargs):
 
 
 def _freenoise_wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
-    """Replaces the initial noise by FreeNoise's before the sampler scales it, when the handler asks for it."""
+    """Replaces the initial noise by FreeNoise's before the sampler scales it, when the UNet windows (first) or
+    the views ask for it, with their window length and overlap."""
     handler = extra_args["model_options"].get("context_handler")
-    if getattr(handler, "freenoise", False) and noise.shape[0] > handler.context_length:
+    views = extra_args["model_options"].get("transformer_options", {}).get(KEY, {}).get("views") or {}
+    if getattr(handler, "freenoise", False):
+        length, overlap = handler.context_length, handler.context_overlap
+    elif views.get("freenoise"):
+        length, overlap = views["length"], views["overlap"]
+    else:
+        length = None
+    if length and noise.shape[0] > length:
         generator = torch.Generator().manual_seed(extra_args.get("seed") or 0)
-        noise = context.freenoise(noise, handler.context_length, handler.context_overlap, generator)
+        noise = context.freenoise(noise, length, overlap, generator)
     return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
 
 
@@ -412,6 +424,70 @@ def with_context_windows(model, handler):
         model.remove_wrappers_with_key(wrapper_type, KEY)  # once, however often the node is chained
         model.add_wrapper_with_key(wrapper_type, KEY, wrapper)
     return model
+
+
+def check_windows(limit, context_length=None, views=None):
+    """Refuses UNet windows or views the motion module cannot take, naming the parameter: the motion module sees
+    the views when there are some, else the whole UNet window."""
+    if views:
+        context.check_frames("view_length", views["length"], limit,
+                             f"use a view_length of at most {limit} (16 is what it was trained on)")
+        if views["overlap"] >= views["length"]:
+            raise ValueError(f"view_overlap is {views['overlap']} but must be smaller than view_length "
+                             f"({views['length']}), or the views would not advance")
+        if context_length and views["length"] > context_length:
+            raise ValueError(f"view_length is {views['length']} but the UNet windows (context_length) have "
+                             f"{context_length} frames; use a view_length of at most {context_length}, or longer "
+                             "UNet windows")
+    elif context_length:
+        context.check_frames("context_length", context_length, limit,
+                             f"use a context_length of at most {limit} (16 is what it was trained on), or put "
+                             "View Options (AnimateDiff-Lightning) before the Context Windows so that the motion "
+                             "module sees views of it")
+
+
+# ----------------------------------------------------------------------------- views
+# Views window only the motion module's temporal attention (diffusers' FreeNoise, AnimateDiff-Evolved's View
+# Options): the UNet's spatial layers see every frame of the model call once. The settings travel in
+# transformer_options[KEY]["views"]; each motion layer windows the frames it is given (the whole video, or one
+# UNet window's frames when Context Windows are attached too).
+
+@functools.lru_cache(maxsize=64)
+def _view_windows(schedule_name, fuse_method, frames, length, overlap, step, closed_loop):
+    return context.view_windows(schedule_name, fuse_method, frames, length, overlap, step, closed_loop)
+
+
+def _views(views, frames, transformer_options):
+    """The windows and weights of this model call's views (a function of the step for the uniform schedules)."""
+    if not views:
+        return None
+    sigmas, sigma = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")
+    step = context.nearest_step(sigmas, sigma) if sigmas is not None and sigma is not None else 0
+    return _view_windows(views["schedule"], views["fuse_method"], frames, views["length"], views["overlap"], step,
+                         views.get("closed_loop", False))
+
+
+def with_views(model, views):
+    """A clone of `model` whose motion layers attend within views: {length, overlap, schedule, fuse_method,
+    closed_loop, freenoise}. The memory estimate counts each view's attention."""
+    settings = motion_settings(model)
+    check_windows(settings.get("position_encoding_length"), context_window_length(model), views)
+    model = model.clone()
+    model.model_options["transformer_options"][KEY] = dict(settings, views=dict(views))
+    estimate = model.get_model_object("memory_required")
+    if isinstance(estimate, MotionMemoryRequired):
+        factor = views["length"] / max(1, views["length"] - views["overlap"])
+        model.add_object_patch("memory_required", MotionMemoryRequired(
+            estimate.base, estimate.num_heads, min(settings.get("position_encoding_length") or 32, views["length"]),
+            estimate.dtype, factor))
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, KEY)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, KEY, _freenoise_wrapper)
+    return model
+
+
+def views_settings(model):
+    """The views attached to this MODEL, or None."""
+    return motion_settings(model).get("views")
 
 
 def context_window_length(model):

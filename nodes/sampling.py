@@ -53,17 +53,17 @@ def lightning_sigmas(model, steps, denoise=1.0):
 
 def check_frame_count(model, latent):
     """Fails early, naming the parameter, on an empty batch or on more frames than the position encoding
-    covers at once (without context windows) or per window (with them)."""
+    covers at once (without context windows or views) or per window or view (with them)."""
     limit = host.motion_settings(model).get("position_encoding_length")
     frames = latent["samples"].shape[0]
-    window = host.context_window_length(model)
+    window, views = host.context_window_length(model), host.views_settings(model)
     if frames == 0:
         raise ValueError("latent batch_size is 0 frames; a video needs at least one frame")
-    if window:
-        context.check_frames("context_length", window, limit)
-    else:
+    host.check_windows(limit, window, views)
+    if not window and not views:
         context.check_frames("latent batch_size", frames, limit,
-                             f"use at most {limit} frames, or Context Windows (AnimateDiff-Lightning) for more")
+                             f"use at most {limit} frames, or View Options / Context Windows (AnimateDiff-Lightning) "
+                             "for more")
 
 
 def check_prompt_frames(frames, *conditionings):

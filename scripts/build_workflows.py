@@ -186,13 +186,21 @@ LOOP_PROMPT = "a koi pond seen from above, fish circling slowly, ripples, soft l
 
 
 def long_video(kind, steps=4, frames=64):
-    """64 frames in context windows of 16 (overlap 4), decoded in chunks.
+    """64 frames, decoded in chunks. kind "long": one prompt, in views of 16 (overlap 4); "loop": a closed loop
+    (looped context windows of 16); "travel": a prompt schedule over the frames (context windows of 16).
 
-    kind "long": one prompt; "loop": a closed loop (looped windows); "travel": a prompt schedule over the frames.
+    Views alone are the fastest mode and fit a 24 GB GPU at 512x512 (docs/long_video.md has the arithmetic): the
+    UNet takes the 64 frames in one call per step, ComfyUI's own estimate for it is about 5.1 GiB in fp16.
     """
     loop = kind == "loop"
     options = {"context_length": 16, "context_overlap": 4, "schedule": "looped_uniform" if loop else "standard_uniform",
                "fuse_method": "pyramid", "windows_per_batch": 1, "freenoise": False, "closed_loop": loop}
+    long_options = {"view_length": 16, "view_overlap": 4, "schedule": "standard_static", "fuse_method": "pyramid",
+                    "freenoise": False, "closed_loop": False}
+    if kind == "long":
+        windows = (4, "ADL_ViewOptions", {"model": (3, 0), **long_options}, [("MODEL", "MODEL")], list(long_options))
+    else:
+        windows = (4, "ADL_ContextOptions", {"model": (3, 0), **options}, [("MODEL", "MODEL")], list(options))
     if kind == "travel":
         # the frame count comes from the latent (`frames` is then ignored)
         prompt = (5, "ADL_PromptSchedule", {"clip": (1, 1), "text": TRAVEL_SCHEDULE, "frames": frames, "pre_text": "",
@@ -203,7 +211,7 @@ def long_video(kind, steps=4, frames=64):
                   [("CONDITIONING", "CONDITIONING")], ["text"])
     return [
         *motion_model(steps),
-        (4, "ADL_ContextOptions", {"model": (3, 0), **options}, [("MODEL", "MODEL")], list(options)),
+        windows,
         prompt,
         empty_latent(6, frames),
         sampler(7, (4, 0), (5, 0), (6, 0)),

@@ -8,10 +8,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKDOWN = sorted(p for p in REPO_ROOT.rglob("*.md")
                   if not {".venv", ".host", "node_modules", ".git"} & set(p.relative_to(REPO_ROOT).parts))
-# Written on other branches of the same release (issues 14 and 16): links to them are allowed while they are
-# missing here. Once a file exists its links are checked like any other, and the test below asks for it to leave
-# this set.
-PENDING = {"docs/long_video.md"}
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -50,16 +46,10 @@ def test_relative_links_resolve(md):
         path = (md.parent / file_part).resolve() if file_part else md
         name = path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path)
         if not path.exists():
-            if name not in PENDING:
-                broken.append(f"{target}: no such file")
+            broken.append(f"{target}: no such file")
         elif fragment and path.suffix == ".md" and fragment not in anchors_of(path):
             broken.append(f"{target}: no heading with anchor #{fragment} in {name}")
     assert broken == [], f"{md.relative_to(REPO_ROOT)}: broken links"
-
-
-def test_pending_docs_are_still_missing():
-    arrived = sorted(name for name in PENDING if (REPO_ROOT / name).exists())
-    assert arrived == [], f"{arrived} exist now: remove them from PENDING so that their links are checked"
 
 
 def test_a_broken_link_is_found(tmp_path):

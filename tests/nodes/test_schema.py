@@ -13,6 +13,7 @@ CATEGORIES = {  # node id -> (menu category, display name): what the README and 
     "ADL_LightningSampler": ("sampling", "Lightning Euler"),
     "ADL_LightningKSampler": ("sampling", "Lightning KSampler"),
     "ADL_ContextOptions": ("long video", "Context Windows"),
+    "ADL_ViewOptions": ("long video", "View Options"),
     "ADL_PromptSchedule": ("long video", "Prompt Travel Schedule"),
     "ADL_VAEDecodeChunked": ("video", "VAE Decode Video in Chunks"),
     "ADL_VAEEncodeChunked": ("video", "VAE Encode Video in Chunks"),
