@@ -67,7 +67,7 @@ class ViewOptions(io.ComfyNode):
                                tooltip=FUSE_TOOLTIP),
                 io.Boolean.Input("freenoise", default=False,
                                  tooltip="FreeNoise initial noise with the views' length and overlap (the Context "
-                                         "Options' own setting wins when both are attached)."),
+                                         "Windows' own setting wins when both are attached)."),
                 io.Boolean.Input("closed_loop", default=False,
                                  tooltip="With looped_uniform: views also span the end and the start, so the motion "
                                          "loops. Ignored by the other schedules."),
