@@ -52,6 +52,7 @@ def import_host(pytorch_attention=False):
     import comfy.model_management  # noqa: F401  (reads args now)
     import comfy.ldm.modules.attention  # noqa: F401
     import folder_paths  # noqa: F401  (the package's __init__ registers model folders)
+    sd15.import_host_nodes_module()  # ComfyUI's nodes.py, which comfy_extras imports as `nodes`
 
     spec = importlib.util.spec_from_file_location("adl", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     adl = importlib.util.module_from_spec(spec)
