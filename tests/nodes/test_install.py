@@ -53,7 +53,7 @@ def test_the_harness_really_hides_opencv(comfy_without_opencv):
 def test_without_opencv_every_node_registers_and_t2v_runs(comfy, comfy_without_opencv, tiny_checkpoint, write_motion):
     ours = {name for name, node in comfy.object_info().items() if PACKAGE_DIR_NAME in node["python_module"]}
     info = comfy_without_opencv.object_info()
-    assert ours <= set(info) and len(ours) == 17
+    assert ours and ours <= set(info)  # every node the server with opencv has (test_schema lists them)
 
     prompt = json.loads(T2V.read_text())
     by_class = {node["class_type"]: node["inputs"] for node in prompt.values()}
