@@ -46,6 +46,7 @@ from lightning_core import losses  # noqa: E402
 from lightning_core.motion_module import MotionModuleSet  # noqa: E402
 from trainer import distill  # noqa: E402
 from trainer.discriminator import Discriminator  # noqa: E402
+from trainer.train import adversarial_schedule  # noqa: E402
 from trainer.sd15 import load_base_model, tiny_motion_config, write_tiny_base_model  # noqa: E402
 
 FRAMES, SIZE = 4, 32
@@ -67,6 +68,8 @@ class Recipe:
     mse_lr: float = 1e-4
     betas: tuple = (0.0, 0.99)
     discriminator: str = "conditional"
+    d_warmup_steps: int = 0
+    d_steps_per_g_step: int = 1
 
 
 def scaled_teacher(student: MotionModuleSet, g: float) -> MotionModuleSet:
@@ -172,7 +175,7 @@ def run_arm(problem: Problem, arm: str, g: float, recipe: Recipe, sabotage: str 
         opt_d = torch.optim.Adam(d.parameters(), lr=recipe.d_lr, betas=recipe.betas)
     gen = torch.Generator().manual_seed(10_000 + problem.seed)
     with _sabotaged(sabotage):
-        for _ in range(recipe.steps):
+        for step in range(recipe.steps):
             sample = problem.draw(recipe.batch, gen)
             x_t, plan, context, flow = sample
             target = problem.target(teacher, sample)
@@ -183,7 +186,8 @@ def run_arm(problem: Problem, arm: str, g: float, recipe: Recipe, sabotage: str 
                 opt_g.zero_grad(set_to_none=True)
                 continue
             t_d, d_noise = plan[:, -1], None
-            if opt_g is not None:  # G phase: D frozen
+            student_learns, d_steps = adversarial_schedule(recipe, step, adversarial=True)
+            if opt_g is not None and student_learns:  # G phase: D frozen
                 d.requires_grad_(False)
                 loss = distill.adversarial_generator_loss(problem.unet, student, d, x_t, plan, context, flow, t_d,
                                                           d_noise, problem.alpha_bar)
@@ -192,12 +196,17 @@ def run_arm(problem: Problem, arm: str, g: float, recipe: Recipe, sabotage: str 
                 opt_g.step()
                 opt_g.zero_grad(set_to_none=True)
                 d.requires_grad_(True)
-            real_logits, fake_logits = distill.adversarial_discriminator_logits(
-                problem.unet, student, d, x_t, plan, context, flow, target, t_d, d_noise, problem.alpha_bar)
-            losses.discriminator_loss(real_logits, fake_logits).backward()
-            if sabotage != "skip_d_step":
-                opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
+            for k in range(d_steps):
+                if k > 0:  # further D steps on fresh samples, as train_step draws them
+                    sample = problem.draw(recipe.batch, gen)
+                    x_t, plan, context, flow = sample
+                    target, t_d = problem.target(teacher, sample), plan[:, -1]
+                real_logits, fake_logits = distill.adversarial_discriminator_logits(
+                    problem.unet, student, d, x_t, plan, context, flow, target, t_d, d_noise, problem.alpha_bar)
+                losses.discriminator_loss(real_logits, fake_logits).backward()
+                if sabotage != "skip_d_step":
+                    opt_d.step()
+                opt_d.zero_grad(set_to_none=True)
             if opt_g is not None:
                 opt_g.zero_grad(set_to_none=True)
 
@@ -272,11 +281,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=Recipe.steps)
     parser.add_argument("--g-lr", type=float, default=Recipe.g_lr)
     parser.add_argument("--d-lr", type=float, default=Recipe.d_lr)
+    parser.add_argument("--d-warmup-steps", type=int, default=Recipe.d_warmup_steps)
+    parser.add_argument("--d-steps-per-g-step", type=int, default=Recipe.d_steps_per_g_step)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write every arm's metrics here (JSONL)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = Recipe(steps=args.steps, g_lr=args.g_lr, d_lr=args.d_lr, discriminator=args.discriminator)
+    recipe = Recipe(steps=args.steps, g_lr=args.g_lr, d_lr=args.d_lr, discriminator=args.discriminator,
+                    d_warmup_steps=args.d_warmup_steps, d_steps_per_g_step=args.d_steps_per_g_step)
     print(f"recipe: {recipe}, sabotage: {args.sabotage}")
     with tempfile.TemporaryDirectory() as tmp:
         base_path = write_tiny_base_model(Path(tmp) / "tiny_base.safetensors", seed=0)

@@ -140,6 +140,10 @@ class OptimConfig:
     """Adversarial stages: the student's learning rate (0: optim.lr, the papers' one value)."""
     d_lr: float = 0.0
     """Adversarial stages: the discriminator's learning rate (0: optim.lr)."""
+    d_steps_per_g_step: int = 1
+    """Adversarial stages: D optimizer steps per student step, the extra ones on fresh micro-batches (the papers: 1)."""
+    d_warmup_steps: int = 0
+    """Adversarial stages: D alone (the student frozen) for this many of each stage's first steps (the papers: 0)."""
     betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
     grad_clip: float = 0.0
     """Clip the global grad norm (0: off; the papers do not clip)."""
@@ -402,6 +406,12 @@ def problems(cfg: Config, command: str = "train", world_size: int = 1, check_fil
     at_least("optim.batch_size", optim.batch_size, 1)
     at_least("optim.grad_accum", optim.grad_accum, 1)
     at_least("optim.grad_clip", optim.grad_clip, 0)
+    at_least("optim.d_steps_per_g_step", optim.d_steps_per_g_step, 1)
+    at_least("optim.d_warmup_steps", optim.d_warmup_steps, 0)
+    shortest = min((st.iterations for st in cfg.stages if st.loss == "adversarial"), default=None)
+    if shortest is not None and optim.d_warmup_steps >= shortest:
+        bad("optim.d_warmup_steps", f"must be < every adversarial stage's iterations (the student would never "
+                                    f"step), got {optim.d_warmup_steps} >= {shortest}")
     for lr_key in ("mse_lr", "lr"):
         if not getattr(optim, lr_key) > 0:
             bad(f"optim.{lr_key}", f"must be > 0, got {getattr(optim, lr_key)!r}")

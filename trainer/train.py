@@ -15,7 +15,7 @@ unconditional flow-conditional discriminator. The teacher of a stage is the stud
 stage's teacher_steps (progressive distillation), or the original motion module for the first stage.
 
 Read top to bottom: `train` is the whole run; the phases it calls follow in the order they run
-(setup, resume, start_stage, train_step = g_phase + d_phase, log, save_checkpoint, end_stage).
+(setup, resume, start_stage, train_step = draw_micro_batches + g_phase + d_phase, log, save_checkpoint, end_stage).
 Three small objects carry the state: `Run` (built once), `Progress` (what a checkpoint stores to
 continue exactly) and `Stage` (the optimizers and discriminator of the current stage).
 """
@@ -343,18 +343,22 @@ def end_stage(run: Run, progress: Progress, stage: Stage) -> None:
 # ----------------------------------------------------------------------------- one optimizer step
 
 def train_step(run: Run, stage: Stage, progress: Progress) -> dict[str, float]:
-    """One optimizer step of the student (G phase) and, in adversarial stages, of D on fresh fakes (D phase).
-    Returns this rank's stats; a non-finite loss on any rank stops the run or skips the step on every rank."""
-    g_loss, micro = g_phase(run, stage)
-    stats = {"loss_g": g_loss}
+    """One optimizer step of the student (G phase) and, in adversarial stages, optim.d_steps_per_g_step steps of D
+    (D phase: the first on the G phase's micro-batches with fresh fakes, the others on fresh micro-batches); during
+    the first optim.d_warmup_steps of an adversarial stage only D steps. Returns this rank's stats; a non-finite
+    loss on any rank stops the run or skips the step on every rank."""
+    student_learns, d_steps = adversarial_schedule(run.cfg.optim, progress.iteration, stage.d is not None)
+    micro = draw_micro_batches(run, stage)
+    stats = {"loss_g": g_phase(run, stage, micro, student_learns)}
     if not finite_on_every_rank(run, stage, progress, stats):
         return _skip(stage, stats)
-    stats["grad_norm_g"] = _step(stage.opt_g, stage.student_params, run.cfg.optim.grad_clip)
+    stats["grad_norm_g"] = (_step(stage.opt_g, stage.student_params, run.cfg.optim.grad_clip)
+                            if student_learns else 0.0)
     _zero_grads(stage)
     if not finite_on_every_rank(run, stage, progress, stats):
         return _skip(stage, stats)
-    if stage.d is not None:
-        d_loss, d_accuracy = d_phase(run, stage, micro)
+    for k in range(d_steps):
+        d_loss, d_accuracy = d_phase(run, stage, micro if k == 0 else draw_micro_batches(run, stage))
         stats.update(loss_d=d_loss, d_accuracy=d_accuracy)
         if not finite_on_every_rank(run, stage, progress, stats):
             return _skip(stage, stats)
@@ -366,51 +370,69 @@ def train_step(run: Run, stage: Stage, progress: Progress) -> dict[str, float]:
     return stats
 
 
-def g_phase(run: Run, stage: Stage) -> tuple[float, list]:
-    """grad_accum micro-batches: teacher target, student jump, MSE or D's generator loss; D stays frozen.
-    Leaves the student's grads; returns the loss and, for the D phase, each micro-batch's inputs (same x_t,
-    t* and re-noising)."""
-    cfg, s, d, amp = run.cfg, stage.config, stage.d, _autocast(run.cfg, run.device)
+def adversarial_schedule(optim, iteration: int, adversarial: bool) -> tuple[bool, int]:
+    """(whether the student steps, how many D steps) at this iteration of a stage: D alone for the first
+    optim.d_warmup_steps of an adversarial stage, then optim.d_steps_per_g_step D steps per student step."""
+    if not adversarial:
+        return True, 0
+    return iteration >= optim.d_warmup_steps, optim.d_steps_per_g_step
+
+
+def draw_micro_batches(run: Run, stage: Stage) -> list:
+    """grad_accum micro-batches (x_t, plan, context, target, t_d, d_noise): clips, start t, noise, the teacher's
+    target and, in adversarial stages, the timestep and noise D sees (t_d = t', d_noise None unless re-noised)."""
+    cfg, s, amp = run.cfg, stage.config, _autocast(run.cfg, run.device)
     device, alpha_bar, gen = run.device, run.alpha_bar, run.noise_gen
-    if d is not None:
-        d.requires_grad_(False)
-    micro, g_loss = [], 0.0
+    micro = []
     for _ in range(cfg.optim.grad_accum):
         batch = next(run.batches)
         x0 = batch.latents.to(device, torch.float32)
         context = (batch.text_embeddings if batch.text_embeddings is not None
                    else run.models.base.encode_prompts(batch.prompts)).to(device, torch.float32)
-        b = x0.shape[0]
-        u0 = distill.sample_start(b, s.student_steps, s.timesteps, gen)
+        u0 = distill.sample_start(x0.shape[0], s.student_steps, s.timesteps, gen)
         plan = distill.plan_timesteps(u0, stage.teacher_steps, s.student_steps).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         x_t = distill.add_noise(x0, noise, plan[:, 0], alpha_bar)
         with amp, teacher_on_device(run, stage.teacher) as teacher:
             target = distill.teacher_solve(run.unet, teacher, x_t, plan, context, run.uncond, s.cfg_scale, alpha_bar)
-        with amp:
+        t_d, d_noise = plan[:, -1], None
+        if stage.d is not None:
+            t_d, d_noise = distill.sample_d_noise(plan[:, -1], x0.shape, s.d_noise_timesteps, s.d_noise_weights, gen)
+        micro.append((x_t, plan, context, target, t_d, d_noise))
+    return micro
+
+
+def g_phase(run: Run, stage: Stage, micro: list, student_learns: bool = True) -> float:
+    """The student's jump on each micro-batch, MSE to the target or D's generator loss; D stays frozen.
+    Leaves the student's grads (none when it does not learn this step: the loss is only logged); returns the loss."""
+    cfg, d, amp, alpha_bar = run.cfg, stage.d, _autocast(run.cfg, run.device), run.alpha_bar
+    if d is not None:
+        d.requires_grad_(False)
+    g_loss = 0.0
+    for x_t, plan, context, target, t_d, d_noise in micro:
+        b = x_t.shape[0]
+        with amp, torch.set_grad_enabled(student_learns):
             if d is not None:
-                t_d, d_noise = distill.sample_d_noise(plan[:, -1], x0.shape, s.d_noise_timesteps, s.d_noise_weights,
-                                                      gen)
                 loss = distill.adversarial_generator_loss(run.unet, run.models.student, d, x_t, plan, context,
                                                           run.flow[:b], t_d, d_noise, alpha_bar)
-                micro.append((x_t, plan, context, target, t_d, d_noise))
             else:
                 fake = distill.student_jump(run.unet, run.models.student, x_t, plan, context, alpha_bar)
                 loss = losses.mse_distillation_loss(fake, target)
-        (loss / cfg.optim.grad_accum).backward()
+        if student_learns:
+            (loss / cfg.optim.grad_accum).backward()
         g_loss += loss.item() / cfg.optim.grad_accum
-    return g_loss, micro
+    return g_loss
 
 
 def d_phase(run: Run, stage: Stage, micro: list) -> tuple[float, float]:
-    """D on real (teacher) and fresh fake (just-updated student) clips of the G phase's micro-batches.
+    """D on real (teacher) and fresh fake (just-updated student) clips of the micro-batches, same t* and eps*.
     Leaves D's grads; returns D's loss and accuracy."""
     cfg, d, amp, alpha_bar = run.cfg, stage.d, _autocast(run.cfg, run.device), run.alpha_bar
     d.requires_grad_(True)
     d_loss, d_acc = 0.0, 0.0
     for x_t, plan, context, target, t_d, d_noise in micro:
         b = x_t.shape[0]
-        with amp:  # fresh fakes from the just-updated student, same t* and eps*
+        with amp:
             real_logits, fake_logits = distill.adversarial_discriminator_logits(
                 run.unet, run.models.student, d, x_t, plan, context, run.flow[:b], target, t_d, d_noise, alpha_bar)
             loss = losses.discriminator_loss(real_logits, fake_logits)

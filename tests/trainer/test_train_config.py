@@ -77,6 +77,10 @@ def test_default_stages_are_the_paper_schedule():
     (["--run.on_nonfinite", "ignore"], "run.on_nonfinite: must be one of 'stop', 'skip'"),
     (["--ranks.0.dataset", "webvid"], "ranks.0.dataset: 'webvid' is not defined"),
     (["--optim.grad_accum"], "needs a value"),
+    (["--optim.d_steps_per_g_step", "0"], "optim.d_steps_per_g_step: must be >= 1"),
+    (["--optim.d_warmup_steps", "-1"], "optim.d_warmup_steps: must be >= 0"),
+    (["--stages.0.loss", "adversarial", "--optim.d_warmup_steps", "10"],
+     "optim.d_warmup_steps: must be < every adversarial stage's iterations"),
 ])
 def test_bad_values_are_named(toml_file, args, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
