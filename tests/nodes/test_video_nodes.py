@@ -262,6 +262,7 @@ def test_streamed_loading_peak_memory_is_bounded_by_the_chunk(tmp_path):
 def _measure(folder):
     """Runs in the subprocess: streamed short, streamed long, then load-all long; prints the peak RSS of each."""
     sys.path.insert(0, str(TESTS))
+    sys.path.append(str(REPO))  # `lightning_core` for the fixtures (tests/lightning_core is only a namespace)
     from fixtures import sd15
 
     sd15.import_comfy()
