@@ -5,6 +5,7 @@ request that does not go to the server is aborted: the page talks to 127.0.0.1 o
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import os
 from contextlib import contextmanager
@@ -130,6 +131,18 @@ class Frontend:
         self.page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
 
 
+_DRIVER = []
+
+
+def _playwright():
+    """The process's Playwright driver, started on first use and stopped at exit, so that several pages (one per
+    server, e.g. the plain one and the one with the node packs) can be open at once."""
+    if not _DRIVER:
+        _DRIVER.append(sync_playwright().start())
+        atexit.register(_DRIVER[0].stop)
+    return _DRIVER[0]
+
+
 @contextmanager
 def open_frontend(server_url: str, viewport: tuple[int, int] = (1600, 900), scale: float = 1.0,
                   settings: dict = QUIET_SETTINGS):
@@ -142,23 +155,22 @@ def open_frontend(server_url: str, viewport: tuple[int, int] = (1600, 900), scal
         raise FrontendError(f"no Chromium at {CHROMIUM}: run `bash scripts/setup.sh` (apt-get install chromium)")
     for key, value in settings.items():
         requests.post(f"{server_url}/settings/{key}", json=value, timeout=30).raise_for_status()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+    browser = _playwright().chromium.launch(executable_path=str(CHROMIUM))
+    try:
+        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                      device_scale_factor=scale)
+        context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server_url + "/")
+                      else route.abort())
+        context.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+        page = context.new_page()
+        frontend = Frontend(page)
+        page.goto(server_url + "/")
         try:
-            context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
-                                          device_scale_factor=scale)
-            context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server_url + "/")
-                          else route.abort())
-            context.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
-            page = context.new_page()
-            frontend = Frontend(page)
-            page.goto(server_url + "/")
-            try:
-                page.wait_for_function(APP_READY, timeout=APP_TIMEOUT_MS)
-            except PlaywrightTimeout as error:
-                raise FrontendError(f"the frontend did not start at {server_url}: {error}; "
-                                    f"page errors: {frontend.errors}") from error
-            page.evaluate(RECORD_MISSING_NODES)
-            yield frontend
-        finally:
-            browser.close()
+            page.wait_for_function(APP_READY, timeout=APP_TIMEOUT_MS)
+        except PlaywrightTimeout as error:
+            raise FrontendError(f"the frontend did not start at {server_url}: {error}; "
+                                f"page errors: {frontend.errors}") from error
+        page.evaluate(RECORD_MISSING_NODES)
+        yield frontend
+    finally:
+        browser.close()
