@@ -214,6 +214,7 @@ class LightningContextHandler(comfy.context_windows.IndexListContextHandler):
         self.freenoise = freenoise
         self._chunks = 1  # conds evaluated per step (cond, uncond): sizes the memory-budget batching
         self._calls = 1  # model calls in the current step: sizes the progress bar
+        self._one_window_per_call = False  # set per step by execute(): a control reads sub_idxs as one window
 
     def should_use_context(self, model, conds, x_in, timestep, model_options):
         settings = model_options.get("transformer_options", {}).get(KEY, {})
@@ -231,7 +232,7 @@ class LightningContextHandler(comfy.context_windows.IndexListContextHandler):
 
     def windows_per_call(self, model, x_in):
         """`windows_per_batch`, or for 0 as many windows as fit in free memory as the host sizes its batches."""
-        if getattr(self, "_one_window_per_call", False):
+        if self._one_window_per_call:
             return 1
         if self.windows_per_batch:
             return self.windows_per_batch
