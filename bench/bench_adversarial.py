@@ -51,7 +51,7 @@ from trainer.sd15 import load_base_model, tiny_motion_config, write_tiny_base_mo
 
 FRAMES, SIZE = 4, 32
 TEACHER_STEPS, STUDENT_STEPS = 4, 4
-TRAIN_CLIPS, HELD_OUT = 8, 16
+TRAIN_CLIPS, HELD_OUT = 8, 64
 GAPS = (0.0, 0.5, 1.0)
 SEEDS = (0, 1)
 ARMS = ("d_only", "g_and_d", "mse")
@@ -61,7 +61,7 @@ PROMPTS = ["a red circle moving right", "a blue square falling", "a green star s
 
 @dataclass
 class Recipe:
-    steps: int = 150
+    steps: int = 300
     batch: int = 8
     g_lr: float = 1e-4
     d_lr: float = 3e-4
@@ -126,11 +126,12 @@ class Problem:
         return distill.student_jump(self.unet, student, x_t, plan, context, self.alpha_bar)
 
 
-def build_discriminator(problem: Problem, conditional: bool) -> Discriminator:
+def build_discriminator(problem: Problem, teacher: MotionModuleSet, conditional: bool) -> Discriminator:
+    """D as train.py builds it: a copy of the base UNet and the teacher's motion module, a seeded head."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(problem.seed * 1000 + 7)
         latent = SIZE // 8 // 2 ** (len(problem.base.config.channel_mult) - 1)
-        return Discriminator(problem.unet, problem.s0, 1, conditional, (FRAMES, latent, latent))
+        return Discriminator(problem.unet, teacher, 1, conditional, (FRAMES, latent, latent))
 
 
 def _rms(x: torch.Tensor) -> float:
@@ -171,7 +172,7 @@ def run_arm(problem: Problem, arm: str, g: float, recipe: Recipe, sabotage: str 
                               betas=(0.9, 0.999) if arm == "mse" else recipe.betas)
              if arm != "d_only" else None)
     if arm != "mse":
-        d = build_discriminator(problem, recipe.discriminator == "conditional")
+        d = build_discriminator(problem, teacher, recipe.discriminator == "conditional")
         opt_d = torch.optim.Adam(d.parameters(), lr=recipe.d_lr, betas=recipe.betas)
     gen = torch.Generator().manual_seed(10_000 + problem.seed)
     with _sabotaged(sabotage):
@@ -245,7 +246,12 @@ def verdict(results: list[dict]) -> list[str]:
     """The issue's pass criteria; returns the failures (empty: pass)."""
     failures = []
     pick = {(r["arm"], r["g"], r["seed"]): r for r in results}
-    for seed in sorted({r["seed"] for r in results}):
+    seeds = sorted({r["seed"] for r in results})
+    missing = [key for key in ((arm, g, seed) for arm in ("d_only", "g_and_d") for g in GAPS for seed in seeds)
+               if key not in pick]
+    if missing:
+        return [f"no result for (arm, g, seed) {key}" for key in missing]
+    for seed in seeds:
         acc = [pick[("d_only", g, seed)]["d_acc"] for g in GAPS]
         if acc[-1] < 0.8:
             failures.append(f"seed {seed}: D alone at g = 1 has accuracy {acc[-1]:.3f} < 0.8")
@@ -283,16 +289,27 @@ def main() -> int:
     parser.add_argument("--d-lr", type=float, default=Recipe.d_lr)
     parser.add_argument("--d-warmup-steps", type=int, default=Recipe.d_warmup_steps)
     parser.add_argument("--d-steps-per-g-step", type=int, default=Recipe.d_steps_per_g_step)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--gaps", type=float, nargs="+", default=list(GAPS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--threads", type=int, default=1, help="tiny tensors: one thread is about as fast as two")
     parser.add_argument("--json", help="write every arm's metrics here (JSONL)")
+    parser.add_argument("--merge", nargs="+", metavar="JSONL", help="no training: the table and verdict of earlier "
+                        "--json files (e.g. one process per seed)")
     args = parser.parse_args()
+    if args.merge:
+        results = [json.loads(line) for path in args.merge for line in Path(path).read_text().splitlines() if line]
+        print(table(results))
+        failures = verdict(results)
+        print("PASS" if not failures else "FAIL:\n  " + "\n  ".join(failures))
+        return 0 if not failures else 1
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, g_lr=args.g_lr, d_lr=args.d_lr, discriminator=args.discriminator,
                     d_warmup_steps=args.d_warmup_steps, d_steps_per_g_step=args.d_steps_per_g_step)
     print(f"recipe: {recipe}, sabotage: {args.sabotage}")
     with tempfile.TemporaryDirectory() as tmp:
         base_path = write_tiny_base_model(Path(tmp) / "tiny_base.safetensors", seed=0)
-        results = run_all(str(base_path), recipe, sabotage=args.sabotage)
+        results = run_all(str(base_path), recipe, args.seeds, args.gaps, args.arms, sabotage=args.sabotage)
     print(table(results))
     if args.json:
         Path(args.json).write_text("".join(json.dumps(r) + "\n" for r in results))

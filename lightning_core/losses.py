@@ -23,6 +23,7 @@ def generator_loss(fake_logits):
 
 
 def discriminator_accuracy(real_logits, fake_logits):
-    """Fraction of real scored > 0.5 and fake scored < 0.5 (a diagnostic, not a loss)."""
-    hits = (real_logits > 0).float().sum() + (fake_logits < 0).float().sum()
+    """Fraction of real scored > 0.5 and fake scored < 0.5, a tie at 0.5 counting half (a diagnostic, not a loss)."""
+    hits = ((real_logits > 0).float() + 0.5 * (real_logits == 0).float()).sum() + \
+        ((fake_logits < 0).float() + 0.5 * (fake_logits == 0).float()).sum()
     return hits / (real_logits.numel() + fake_logits.numel())

@@ -37,7 +37,13 @@ def _group_channels(c: int) -> int:
 
 
 class Head(nn.Module):
-    """3D conv (kernel 4, stride 2 on every axis longer than 1) + GroupNorm(32) + SiLU blocks down to 1x1x1, then one logit."""
+    """3D conv (kernel 4, stride 2 on every axis longer than 1) + GroupNorm(32) + SiLU blocks down to 1x1x1, then one logit.
+
+    The logit layer starts at zero: a D that has learned nothing scores every input 0 (p = 0.5) and gives the
+    student no gradient, instead of a random slope that the first student steps would follow. Its first own
+    step moves it only along features where real and fake differ (where they are equal, the loss's gradients
+    on them cancel), so a student already equal to its teacher is never pushed (bench_adversarial, g = 0).
+    """
 
     def __init__(self, in_channels: int, feature_shape: tuple[int, int, int]):
         super().__init__()
@@ -50,8 +56,10 @@ class Head(nn.Module):
             blocks += [nn.Conv3d(ch, hidden, kernel, stride, padding), nn.GroupNorm(32, hidden), nn.SiLU()]
             shape = [d // 2 if d > 1 else 1 for d in shape]
             ch = hidden
-        blocks.append(nn.Conv3d(ch, 1, 1))
-        self.net = nn.Sequential(*blocks)
+        logit = nn.Conv3d(ch, 1, 1)
+        nn.init.zeros_(logit.weight)
+        nn.init.zeros_(logit.bias)
+        self.net = nn.Sequential(*blocks, logit)
 
     def forward(self, h):
         return self.net(h).flatten(1).mean(1)  # [b]

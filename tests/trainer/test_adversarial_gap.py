@@ -43,19 +43,35 @@ def test_discriminator_alone_separates_the_known_gap(tmp_path):
     try:
         path = bench.write_tiny_base_model(tmp_path / "tiny_base.safetensors", seed=0)
         problem = bench.Problem(bench.load_base_model(str(path)), seed=0)
-        result = bench.run_arm(problem, "d_only", 1.0, bench.Recipe())
+        result = bench.run_arm(problem, "d_only", 1.0, bench.Recipe(steps=150))
     finally:
         torch.set_num_threads(threads)
     assert separation_failures(result) == [], result
     assert result["param_dist"] == 1.0 and result["moved"] == 0.0  # the student was frozen
 
 
+@pytest.mark.slow
+def test_nothing_to_learn_moves_nothing(tmp_path):
+    """The g = 0 control: teacher = student, so real and fake are equal; a D with no opinion learns none and
+    G + D leave the student exactly where it was (a D with a random logit layer would push it along its slope)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = bench.write_tiny_base_model(tmp_path / "tiny_base.safetensors", seed=0)
+        problem = bench.Problem(bench.load_base_model(str(path)), seed=0)
+        result = bench.run_arm(problem, "g_and_d", 0.0, bench.Recipe(steps=20))
+    finally:
+        torch.set_num_threads(threads)
+    assert result["moved"] == 0.0 and result["param_dist"] == 0.0, result
+    assert result["d_acc"] == 0.5 and result["real_logit"] == result["fake_logit"] == 0.0, result
+
 
 @pytest.mark.slow
 def test_generator_loss_gradient_reaches_the_student(tmp_path):
     path = bench.write_tiny_base_model(tmp_path / "tiny_base.safetensors", seed=0)
     problem = bench.Problem(bench.load_base_model(str(path)), seed=0)
-    d = bench.build_discriminator(problem, conditional=True).requires_grad_(False)  # the G phase's frozen D
+    d = bench.build_discriminator(problem, problem.s0, conditional=True).requires_grad_(False)  # the G phase's frozen D
+    torch.nn.init.normal_(d.head.net[-1].weight, std=0.1)  # an opinion: the logit layer starts at zero (no gradient)
     student = copy.deepcopy(problem.s0).requires_grad_(True)
     x_t, plan, context, flow = problem.held_out
 

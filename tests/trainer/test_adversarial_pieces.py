@@ -2,6 +2,7 @@
 under bf16 autocast (t = T numerics), and a flow embedding that tells the bases apart from the first step."""
 import torch
 
+from lightning_core import losses
 from trainer import distill
 from trainer.discriminator import FLOW_EMBEDDING_SCALE, Discriminator, time_embedding_rms
 from trainer.sd15 import TINY_UNET, UNet, tiny_motion_config
@@ -43,19 +44,26 @@ def test_output_layer_runs_in_float32_under_bf16_autocast():
 
 
 def test_flow_embedding_tells_bases_apart_from_the_first_step():
-    """Two flows, same input: D's logits differ (a zero-initialised embedding would give identical logits)."""
+    """Two flows, same input: D's features differ from the start, and its logits after its first step (the
+    logit layer starts at zero, so every logit is 0 before it); a zero embedding would leave both identical."""
     unet, motion = _tiny(1)
     d = Discriminator(unet, motion, num_flows=2, conditional=False, feature_shape=(4, 2, 2))
     g = torch.Generator().manual_seed(3)
     x, context = torch.randn(3, 4, 4, 4, 4, generator=g), torch.randn(3, 77, TINY_UNET.context_dim, generator=g)
     t = torch.tensor([500, 250, 10])
+    flows = [torch.full((3,), i) for i in (0, 1)]
     with torch.no_grad():
-        logits = [d(x, t, context, torch.full((3,), i)) for i in (0, 1)]
-        emb = d.flow_embedding.weight
-    assert (logits[0] - logits[1]).abs().min() > 1e-3
+        assert not d(x, t, context, flows[0]).any()  # no opinion before training
+        features = [d.features(x, t, context, flow) for flow in flows]
+    assert (features[0] - features[1]).abs().mean() > 1e-3
     scale = FLOW_EMBEDDING_SCALE * time_embedding_rms(unet)
-    assert 0.8 * scale < float(emb.square().mean().sqrt()) < 1.2 * scale
+    assert 0.8 * scale < float(d.flow_embedding.weight.detach().square().mean().sqrt()) < 1.2 * scale
+
+    opt = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    losses.discriminator_loss(d(x, t, context, flows[0]), d(x.flip(0), t, context, flows[0])).backward()
+    opt.step()
     with torch.no_grad():
+        logits = [d(x, t, context, flow) for flow in flows]
+        assert (logits[0] - logits[1]).abs().min() > 1e-4
         d.flow_embedding.weight.zero_()
-        assert torch.equal(d(x, t, context, torch.zeros(3, dtype=torch.long)),
-                           d(x, t, context, torch.ones(3, dtype=torch.long)))
+        assert torch.equal(d(x, t, context, flows[0]), d(x, t, context, flows[1]))
