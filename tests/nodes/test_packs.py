@@ -67,9 +67,16 @@ def pack_files(comfy_packs_base, write_motion, tiny_checkpoint, tiny_controlnet)
         packs.write_animated_png(inputs / f"adl_hints_{name}.png", hints[frames])
         packs.write_animated_png(inputs / f"adl_other_hints_{name}.png", other_hints[frames])
     packs.write_embeds(inputs / "adl_embeds_zero.ipadpt", torch.zeros(1, packs.CLIP_EMBED_DIM))
+    sparse_hints = packs.frame_images(FRAMES, SIZE, seed=26)
+    packs.write_animated_png(inputs / "adl_sparse_hints_all.png", sparse_hints[SPARSE_FRAMES])
+    for k, clip in enumerate(CLIPS):
+        packs.write_animated_png(inputs / f"adl_sparse_hints_clip{k}.png",
+                                 sparse_hints[[f for f in SPARSE_FRAMES if f in clip]])
     return {"checkpoint": tiny_checkpoint}
 
 
+# SparseCtrl's hint images: 3 over the video, on these frames (one in each by-hand clip).
+SPARSE_FRAMES = [0, 24, 47]
 # Per-frame IPAdapter weights and Advanced-ControlNet latent keyframe strengths: 0 on some frames of every clip.
 WEIGHTS = [0.0 if i % 7 == 3 else 0.5 + (i % 5) / 4 for i in range(FRAMES)]
 STRENGTHS = [0.0 if i % 6 == 2 else 1.0 for i in range(FRAMES)]
@@ -172,6 +179,28 @@ def acn_controlnet(prompt, name, positive, frames, hints="hints", keyframes=Fals
     return [f"{name}_apply", 0]
 
 
+def sparse_ctrl(prompt, name, positive, frames, base_dir, shift=0):
+    """Advanced-ControlNet's RGB SparseCtrl (the probe's, without the motion layers that need AnimateDiff-Evolved)
+    with the hint images of the SPARSE_FRAMES in `frames`, placed by its index method at their index counted from
+    frames[0] (plus `shift`); returns the positive conditioning and the probe's log path."""
+    path = base_dir / "output" / f"probe_{name}.jsonl"
+    path.unlink(missing_ok=True)
+    indexes = [frames.index(frame) + shift for frame in SPARSE_FRAMES if frame in frames]
+    prompt[f"{name}_method"] = {"class_type": "ACN_SparseCtrlIndexMethodNode",
+                                "inputs": {"indexes": ", ".join(map(str, indexes))}}
+    prompt[f"{name}_sparse"] = {"class_type": "ADLTest_SparseCtrlRGBWithoutMotion", "inputs": {
+        "control_net_name": TINY_CONTROLNET, "sparse_method": [f"{name}_method", 0], "path": str(path),
+        "hint_seed": 0}}
+    prompt[f"{name}_image"] = {"class_type": "LoadImage",
+                               "inputs": {"image": f"adl_sparse_hints_{clip_name(frames)}.png"}}
+    prompt[f"{name}_rgb"] = {"class_type": "ACN_SparseCtrlRGBPreprocessor", "inputs": {
+        "image": [f"{name}_image", 0], "vae": ["1", 2], "latent_size": [f"{name}_noise", 0]}}
+    prompt[f"{name}_apply"] = {"class_type": "ACN_AdvancedControlNetApply_v2", "inputs": {
+        "positive": list(positive), "negative": list(positive), "control_net": [f"{name}_sparse", 0],
+        "image": [f"{name}_rgb", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    return [f"{name}_apply", 0], path
+
+
 def by_hand(results, name):
     return torch.cat([results[f"{name}{k}"] for k in range(len(CLIPS))])
 
@@ -258,3 +287,45 @@ def test_per_frame_inputs_for_another_frame_count_are_refused(comfy_packs, comfy
     message = result.execution_error["exception_message"]
     assert "48 frames" in message and "has 40" in message and "IPAdapter" in message, message
     assert comfy_packs.system_stats()  # still serving
+
+
+def test_sparsectrl_rgb_hints_land_on_their_frames(comfy_packs, comfy_packs_base, pack_files):
+    """SparseCtrl RGB, 3 hint images on frames 0, 24, 47 of 48, windows 16/4: every model call gets the hints of
+    the frames it holds, at their place in the window, and the video equals the clips sampled by hand."""
+    prompt = base_prompt(pack_files)
+    every = list(range(FRAMES))
+    one_step = {"steps": 1}  # the first step's windows show the placement; a second would double the cost
+    logs = {}
+    for name, schedule_name, fuse, per_call in [("sc_batched", "batched", "flat", 3),
+                                                ("sc_uniform1", "standard_uniform", "pyramid", 1),
+                                                ("sc_uniform3", "standard_uniform", "pyramid", 3)]:
+        positive, logs[name] = sparse_ctrl(prompt, name, ("4", 0), every, comfy_packs_base)
+        sample(prompt, name, context(prompt, name, ["3", 0], schedule_name, fuse, per_call), every, positive,
+               **one_step)
+    for k, clip in enumerate(CLIPS):
+        positive, logs[f"sc_hand{k}"] = sparse_ctrl(prompt, f"sc_hand{k}", ("4", 0), clip, comfy_packs_base)
+        sample(prompt, f"sc_hand{k}", ["3", 0], clip, positive, **one_step)
+    positive, _ = sparse_ctrl(prompt, "sc_moved1", ("4", 0), CLIPS[1], comfy_packs_base, shift=1)
+    sample(prompt, "sc_moved1", ["3", 0], CLIPS[1], positive, **one_step)
+    names = ["sc_batched", "sc_uniform1", "sc_uniform3", "sc_hand0", "sc_hand1", "sc_hand2", "sc_moved1"]
+    results = run(comfy_packs, comfy_packs_base, prompt, names)
+
+    # What reached the control in each call: one window (three per call asked for or not), the whole video's
+    # length, and the hint image of each hinted frame of the window at that frame's place in it.
+    for name, schedule_name in [("sc_batched", "batched"), ("sc_uniform1", "standard_uniform"),
+                                ("sc_uniform3", "standard_uniform")]:
+        records = read_records(logs[name])
+        expected = windows.context_windows(schedule_name, FRAMES, LENGTH, OVERLAP, 0)
+        assert sorted(r["sub_idxs"] for r in records) == sorted(expected), name
+        for r in records:
+            places = [p for p, frame in enumerate(r["sub_idxs"]) if frame in SPARSE_FRAMES]
+            assert places, f"{name}: window {r['sub_idxs']} holds no hint frame; the expectation below needs one"
+            assert r["full_length"] == FRAMES and r["hinted"] == places, (name, r)
+            assert r["images"] == [[SPARSE_FRAMES.index(r["sub_idxs"][p])] for p in places], (name, r)
+    for k in range(len(CLIPS)):
+        assert [r["sub_idxs"] for r in read_records(logs[f"sc_hand{k}"])] == [None]
+
+    reference = by_hand(results, "sc_hand")
+    assert_same(results["sc_batched"], reference, "SparseCtrl in windows vs the clips by hand")
+    assert_same(results["sc_uniform3"], results["sc_uniform1"], "SparseCtrl, windows 16/4: three per call vs one")
+    assert_differs(results["sc_moved1"], results["sc_hand1"], "a hint one frame later")
