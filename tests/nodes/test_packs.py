@@ -60,12 +60,14 @@ def pack_files(comfy_packs_base, write_motion, tiny_checkpoint, tiny_controlnet)
     latent = noise * (1 + sigma ** 2) ** 0.5 / 0.18215
     embeds = packs.frame_embeds(FRAMES)
     hints, other_hints = packs.frame_images(FRAMES, SIZE, seed=24), packs.frame_images(FRAMES, SIZE, seed=25)
+    masks = packs.frame_masks(FRAMES, SIZE, seed=27)
     for name, frames in [("all", list(range(FRAMES))), *[(f"clip{k}", clip) for k, clip in enumerate(CLIPS)]]:
         save_file({"latent_tensor": latent[frames].contiguous(), "latent_format_version_0": torch.zeros(1)},
                   str(inputs / f"adl_noise_{name}.latent"))
         packs.write_embeds(inputs / f"adl_embeds_{name}.ipadpt", embeds[frames])
         packs.write_animated_png(inputs / f"adl_hints_{name}.png", hints[frames])
         packs.write_animated_png(inputs / f"adl_other_hints_{name}.png", other_hints[frames])
+        packs.write_animated_png(inputs / f"adl_masks_{name}.png", masks[frames])
     packs.write_embeds(inputs / "adl_embeds_zero.ipadpt", torch.zeros(1, packs.CLIP_EMBED_DIM))
     sparse_hints = packs.frame_images(FRAMES, SIZE, seed=26)
     packs.write_animated_png(inputs / "adl_sparse_hints_all.png", sparse_hints[SPARSE_FRAMES])
@@ -139,9 +141,15 @@ def read_records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def ipadapter(prompt, name, frames, embeds_frames=None):
-    """IPAdapterEmbedsBatch (one embedding per frame, per-frame weights) on the motion model; its MODEL."""
+def ipadapter(prompt, name, frames, embeds_frames=None, mask_frames=None):
+    """IPAdapterEmbedsBatch (one embedding, weight and attention mask per frame) on the motion model; its MODEL.
+    The embeds and weights are those of `embeds_frames`, the masks those of `mask_frames` (both `frames` if None)."""
     embeds_frames = frames if embeds_frames is None else embeds_frames
+    mask_frames = frames if mask_frames is None else mask_frames
+    prompt[f"{name}_mask_image"] = {"class_type": "LoadImage",
+                                    "inputs": {"image": f"adl_masks_{clip_name(mask_frames)}.png"}}
+    prompt[f"{name}_mask"] = {"class_type": "ImageToMask",
+                              "inputs": {"image": [f"{name}_mask_image", 0], "channel": "red"}}
     prompt.setdefault("ipa", {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": IPADAPTER_FILE}})
     prompt.setdefault("ipa_zero", {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": "adl_embeds_zero.ipadpt"}})
     prompt[f"{name}_embeds"] = {"class_type": "IPAdapterLoadEmbeds",
@@ -153,7 +161,7 @@ def ipadapter(prompt, name, frames, embeds_frames=None):
     prompt[f"{name}_ipa"] = {"class_type": "IPAdapterEmbedsBatch", "inputs": {
         "model": ["3", 0], "ipadapter": ["ipa", 0], "pos_embed": [f"{name}_embeds", 0],
         "weight": [f"{name}_weights", 0], "weight_type": "linear", "start_at": 0.0, "end_at": 1.0,
-        "embeds_scaling": "V only", "neg_embed": ["ipa_zero", 0]}}
+        "embeds_scaling": "V only", "neg_embed": ["ipa_zero", 0], "attn_mask": [f"{name}_mask", 0]}}
     return [f"{name}_ipa", 0]
 
 
@@ -220,8 +228,10 @@ def test_ipadapter_gives_each_window_its_own_frames(comfy_packs, comfy_packs_bas
         watched, logs[f"hand{k}"] = recorded(prompt, f"hand{k}", ipadapter(prompt, f"hand{k}", clip), comfy_packs_base)
         sample(prompt, f"hand{k}", watched, clip)
         if k:  # what a sampler that publishes no ad_params gives: every window the first window's frames
-            sample(prompt, f"first{k}", ipadapter(prompt, f"first{k}", clip, embeds_frames=CLIPS[0]), clip)
-    names = ["batched3", "uniform1", "uniform3", "hand0", "hand1", "hand2", "first1", "first2"]
+            sample(prompt, f"first{k}", ipadapter(prompt, f"first{k}", clip, CLIPS[0], CLIPS[0]), clip)
+            sample(prompt, f"first_mask{k}", ipadapter(prompt, f"first_mask{k}", clip, mask_frames=CLIPS[0]), clip)
+    names = ["batched3", "uniform1", "uniform3", "hand0", "hand1", "hand2", "first1", "first2", "first_mask1",
+             "first_mask2"]
     results = run(comfy_packs, comfy_packs_base, prompt, names)
 
     # What the attention patch saw: in every call under windows, the image tokens of exactly the call's frames,
@@ -241,7 +251,9 @@ def test_ipadapter_gives_each_window_its_own_frames(comfy_packs, comfy_packs_bas
     assert_same(results["batched3"], reference, "three windows per call vs the clips by hand")
     assert_same(results["uniform3"], results["uniform1"], "windows 16/4: three windows per call vs one")
     first_frames = torch.cat([results["hand0"], results["first1"], results["first2"]])
-    assert_differs(first_frames, reference, "every clip given the first clip's embeds and weights")
+    assert_differs(first_frames, reference, "every clip given the first clip's embeds, weights and masks")
+    first_masks = torch.cat([results["hand0"], results["first_mask1"], results["first_mask2"]])
+    assert_differs(first_masks, reference, "every clip given the first clip's attention masks")
 
 
 def test_advanced_controlnet_hints_and_keyframes_per_window(comfy_packs, comfy_packs_base, pack_files):
@@ -276,16 +288,32 @@ def test_advanced_controlnet_hints_and_keyframes_per_window(comfy_packs, comfy_p
     assert_same(results["kf_batched"], by_hand(results, "kf_hand"), "latent keyframes vs the clips by hand")
 
 
-def test_per_frame_inputs_for_another_frame_count_are_refused(comfy_packs, comfy_packs_base, pack_files):
+def one_embedding_with_masks(prompt, name, frames):
+    """IPAdapter Embeds (one embedding for the whole video) with the attention masks of `frames`; its MODEL."""
+    ipadapter(prompt, name, frames)
+    del prompt[f"{name}_weights"]
+    prompt[f"{name}_ipa"] = {"class_type": "IPAdapterEmbeds", "inputs": {
+        "model": ["3", 0], "ipadapter": ["ipa", 0], "pos_embed": ["ipa_zero", 0], "weight": 1.0,
+        "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only",
+        "neg_embed": ["ipa_zero", 0], "attn_mask": [f"{name}_mask", 0]}}
+    return [f"{name}_ipa", 0]
+
+
+@pytest.mark.parametrize("what", ["embeds", "attn_mask"])
+def test_per_frame_inputs_for_another_frame_count_are_refused(comfy_packs, comfy_packs_base, pack_files, what):
+    """48 per-frame embeds (or only 48 attention masks, with one embedding) for a 40-frame video."""
     prompt = base_prompt(pack_files)
     prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 40}}
-    graphs.lightning_sample(prompt, model=ipadapter(prompt, "all", list(range(FRAMES))))
+    every = list(range(FRAMES))
+    model = ipadapter(prompt, "all", every) if what == "embeds" else one_embedding_with_masks(prompt, "all", every)
+    graphs.lightning_sample(prompt, model=model)
     prompt["6"]["inputs"]["model"] = context(prompt, "w", prompt["6"]["inputs"]["model"])
     graphs.save_latent(prompt, "tests/packs_never_written")
     result = comfy_packs.run(prompt, timeout=600)
     assert not result.ok
     message = result.execution_error["exception_message"]
-    assert "48 frames" in message and "has 40" in message and "IPAdapter" in message, message
+    named = {"embeds": "IPAdapter's per-frame image embeds", "attn_mask": "IPAdapter's attn_mask"}[what]
+    assert message.startswith(named) and "48 frames" in message and "has 40" in message, message
     assert comfy_packs.system_stats()  # still serving
 
 
