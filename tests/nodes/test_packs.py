@@ -299,15 +299,20 @@ def one_embedding_with_masks(prompt, name, frames):
     return [f"{name}_ipa", 0]
 
 
-@pytest.mark.parametrize("what", ["embeds", "attn_mask"])
-def test_per_frame_inputs_for_another_frame_count_are_refused(comfy_packs, comfy_packs_base, pack_files, what):
-    """48 per-frame embeds (or only 48 attention masks, with one embedding) for a 40-frame video."""
+@pytest.mark.parametrize("what, sampler", [("embeds", "ours"), ("attn_mask", "ours"), ("embeds", "stock KSampler")])
+def test_per_frame_inputs_for_another_frame_count_are_refused(comfy_packs, comfy_packs_base, pack_files, what,
+                                                              sampler):
+    """48 per-frame embeds (or only 48 attention masks, with one embedding) for a 40-frame video in our context
+    windows: refused by our sampler node, and by our context handler before any model loads in the stock one."""
     prompt = base_prompt(pack_files)
     prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 40}}
     every = list(range(FRAMES))
     model = ipadapter(prompt, "all", every) if what == "embeds" else one_embedding_with_masks(prompt, "all", every)
-    graphs.lightning_sample(prompt, model=model)
-    prompt["6"]["inputs"]["model"] = context(prompt, "w", prompt["6"]["inputs"]["model"])
+    model = context(prompt, "w", model)
+    if sampler == "ours":
+        graphs.lightning_sample(prompt, model=model)
+    else:
+        graphs.ksample(prompt, model=model, steps=2)
     graphs.save_latent(prompt, "tests/packs_never_written")
     result = comfy_packs.run(prompt, timeout=600)
     assert not result.ok
