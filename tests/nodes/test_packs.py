@@ -5,7 +5,8 @@ test samples one 48-frame video several ways in one prompt and compares the save
 the long-video tests):
 
 * a by-hand reference: the video cut into three 16-frame clips, each sampled without context windows and given
-  only its own frames' per-frame inputs (IPAdapter embeds and weights, ControlNet hints, latent keyframes).
+  only its own frames' per-frame inputs (IPAdapter embeds, weights and attention masks, ControlNet hints, latent
+  keyframes, SparseCtrl's hint images at their index in the clip).
   The `batched` schedule with the `flat` fuse method evaluates exactly those clips as windows, so it must
   equal the three clips put together; a run that gave every window the first window's frames does not.
 * stacked windows (several windows per model call) against one window per call, windows 16/4;
@@ -145,13 +146,8 @@ def ipadapter(prompt, name, frames, embeds_frames=None, mask_frames=None):
     """IPAdapterEmbedsBatch (one embedding, weight and attention mask per frame) on the motion model; its MODEL.
     The embeds and weights are those of `embeds_frames`, the masks those of `mask_frames` (both `frames` if None)."""
     embeds_frames = frames if embeds_frames is None else embeds_frames
-    mask_frames = frames if mask_frames is None else mask_frames
-    prompt[f"{name}_mask_image"] = {"class_type": "LoadImage",
-                                    "inputs": {"image": f"adl_masks_{clip_name(mask_frames)}.png"}}
-    prompt[f"{name}_mask"] = {"class_type": "ImageToMask",
-                              "inputs": {"image": [f"{name}_mask_image", 0], "channel": "red"}}
-    prompt.setdefault("ipa", {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": IPADAPTER_FILE}})
-    prompt.setdefault("ipa_zero", {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": "adl_embeds_zero.ipadpt"}})
+    ipadapter_loaders(prompt)
+    mask = attention_masks(prompt, name, frames if mask_frames is None else mask_frames)
     prompt[f"{name}_embeds"] = {"class_type": "IPAdapterLoadEmbeds",
                                 "inputs": {"embeds": f"adl_embeds_{clip_name(embeds_frames)}.ipadpt"}}
     prompt[f"{name}_weights"] = {"class_type": "IPAdapterWeights", "inputs": {
@@ -161,8 +157,23 @@ def ipadapter(prompt, name, frames, embeds_frames=None, mask_frames=None):
     prompt[f"{name}_ipa"] = {"class_type": "IPAdapterEmbedsBatch", "inputs": {
         "model": ["3", 0], "ipadapter": ["ipa", 0], "pos_embed": [f"{name}_embeds", 0],
         "weight": [f"{name}_weights", 0], "weight_type": "linear", "start_at": 0.0, "end_at": 1.0,
-        "embeds_scaling": "V only", "neg_embed": ["ipa_zero", 0], "attn_mask": [f"{name}_mask", 0]}}
+        "embeds_scaling": "V only", "neg_embed": ["ipa_zero", 0], "attn_mask": mask}}
     return [f"{name}_ipa", 0]
+
+
+def ipadapter_loaders(prompt):
+    """The IPAdapter model ("ipa") and the zero embedding, IPAdapter's negative ("ipa_zero"), once per prompt."""
+    prompt.setdefault("ipa", {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": IPADAPTER_FILE}})
+    prompt.setdefault("ipa_zero", {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": "adl_embeds_zero.ipadpt"}})
+
+
+def attention_masks(prompt, name, frames):
+    """The attention masks of `frames`: a MASK batch, read from an image per frame."""
+    prompt[f"{name}_mask_image"] = {"class_type": "LoadImage",
+                                    "inputs": {"image": f"adl_masks_{clip_name(frames)}.png"}}
+    prompt[f"{name}_mask"] = {"class_type": "ImageToMask",
+                              "inputs": {"image": [f"{name}_mask_image", 0], "channel": "red"}}
+    return [f"{name}_mask", 0]
 
 
 def stock_controlnet(prompt, name, positive, frames, hints="hints"):
@@ -290,12 +301,12 @@ def test_advanced_controlnet_hints_and_keyframes_per_window(comfy_packs, comfy_p
 
 def one_embedding_with_masks(prompt, name, frames):
     """IPAdapter Embeds (one embedding for the whole video) with the attention masks of `frames`; its MODEL."""
-    ipadapter(prompt, name, frames)
-    del prompt[f"{name}_weights"]
+    ipadapter_loaders(prompt)
+    mask = attention_masks(prompt, name, frames)
     prompt[f"{name}_ipa"] = {"class_type": "IPAdapterEmbeds", "inputs": {
         "model": ["3", 0], "ipadapter": ["ipa", 0], "pos_embed": ["ipa_zero", 0], "weight": 1.0,
         "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only",
-        "neg_embed": ["ipa_zero", 0], "attn_mask": [f"{name}_mask", 0]}}
+        "neg_embed": ["ipa_zero", 0], "attn_mask": mask}}
     return [f"{name}_ipa", 0]
 
 
