@@ -330,6 +330,38 @@ def _needs_one_window_per_call(control):
     return any(getattr(keyframe, "latent_keyframes", None) is not None for keyframe in keyframes)
 
 
+def pack_frame_inputs(model, controls):
+    """(what, frame count) of every per-frame input of IPAdapter_plus and Advanced-ControlNet that the model and
+    the controls carry, read where the packs store them (the attn2 patches' arguments; the controls)."""
+    found = []
+    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for patch in replaced.values():
+        for arguments in getattr(patch, "kwargs", None) or ():
+            if not isinstance(arguments, dict) or "unfold_batch" not in arguments:
+                continue  # not IPAdapter_plus's attention patch
+            if arguments["unfold_batch"] and isinstance(arguments.get("cond"), torch.Tensor):
+                found.append(("IPAdapter's per-frame image embeds (IPAdapter Batch)", arguments["cond"].shape[0]))
+            weight, mask = arguments.get("weight"), arguments.get("mask")
+            if arguments["unfold_batch"] and isinstance(weight, torch.Tensor) and weight.ndim > 0:
+                found.append(("IPAdapter's per-frame weights", weight.shape[0]))
+            if isinstance(mask, torch.Tensor) and mask.ndim == 3:
+                found.append(("IPAdapter's attn_mask", mask.shape[0]))
+    for net in controls:
+        mask = getattr(net, "mask_cond_hint_original", None)
+        if isinstance(mask, torch.Tensor) and mask.ndim == 3:
+            found.append(("Advanced-ControlNet's mask_optional", mask.shape[0]))
+    return found
+
+
+def check_pack_frames(model, frames, controls):
+    """Refuses per-frame IPAdapter / Advanced-ControlNet inputs made for another frame count, which the packs would
+    silently repeat or cut, naming both counts."""
+    for what, count in pack_frame_inputs(model, controls):
+        if count not in (1, frames):
+            raise ValueError(f"{what} has {count} frames but latent_image has {frames}; give one frame for all, "
+                             f"or exactly one per frame")
+
+
 @contextmanager
 def _ad_params(model_options, stacked, frames):
     """Publishes AnimateDiff-Evolved's `ad_params` for one model call and removes it afterwards.
@@ -389,13 +421,15 @@ def _motion_window(model_options, length):
             options[KEY] = settings
 
 
-def _prepare_sampling_wrapper(executor, model, noise_shape, *args, **kwargs):
-    """Sizes the host's memory estimate for the frames of one model call, not the whole video."""
+def _prepare_sampling_wrapper(executor, model, noise_shape, conds, *args, **kwargs):
+    """Checks the node packs' per-frame inputs against the video (any sampler node, before any model is loaded),
+    and sizes the host's memory estimate for the frames of one model call, not the whole video."""
     handler = kwargs["model_options"].get("context_handler")
     if isinstance(handler, LightningContextHandler):
+        check_pack_frames(model, noise_shape[0], _controls(conds.values()))
         frames = handler.context_length * max(1, handler.windows_per_batch)
         noise_shape = [min(noise_shape[0], frames), *noise_shape[1:]]
-    return executor(model, noise_shape, *args, **kwargs)
+    return executor(model, noise_shape, conds, *args, **kwargs)
 
 
 def _freenoise_wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):

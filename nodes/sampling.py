@@ -4,7 +4,6 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
-import torch
 from comfy_api.latest import io
 
 from ..lightning_core import context, sampling, schedule
@@ -74,39 +73,6 @@ def check_prompt_frames(frames, *conditionings):
             if cond.shape[0] not in (1, frames):
                 raise ValueError(f"the prompt conditioning has {cond.shape[0]} frames (e.g. the Prompt Travel Schedule's "
                                  f"frames) but latent_image has {frames}; set them equal")
-
-
-def pack_frame_inputs(model, *conditionings):
-    """(what, frame count) of every per-frame input of IPAdapter_plus and Advanced-ControlNet that the model and
-    the conditionings carry, read where the packs store them (the attn2 patches' arguments; the controls)."""
-    found = []
-    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    for patch in replaced.values():
-        for arguments in getattr(patch, "kwargs", None) or ():
-            if not isinstance(arguments, dict) or "unfold_batch" not in arguments:
-                continue  # not IPAdapter_plus's attention patch
-            if arguments["unfold_batch"] and isinstance(arguments.get("cond"), torch.Tensor):
-                found.append(("IPAdapter's per-frame image embeds (IPAdapter Batch)", arguments["cond"].shape[0]))
-            weight, mask = arguments.get("weight"), arguments.get("mask")
-            if arguments["unfold_batch"] and isinstance(weight, torch.Tensor) and weight.ndim > 0:
-                found.append(("IPAdapter's per-frame weights", weight.shape[0]))
-            if isinstance(mask, torch.Tensor) and mask.ndim == 3:
-                found.append(("IPAdapter's attn_mask", mask.shape[0]))
-    for conditioning in conditionings:
-        for net in control.controls_of(conditioning):
-            mask = getattr(net, "mask_cond_hint_original", None)
-            if isinstance(mask, torch.Tensor) and mask.ndim == 3:
-                found.append(("Advanced-ControlNet's mask_optional", mask.shape[0]))
-    return found
-
-
-def check_pack_frames(model, frames, *conditionings):
-    """Refuses per-frame IPAdapter / Advanced-ControlNet inputs made for another frame count, which the packs would
-    silently repeat or cut, naming both counts."""
-    for what, count in pack_frame_inputs(model, *conditionings):
-        if count not in (1, frames):
-            raise ValueError(f"{what} has {count} frames but latent_image has {frames}; give one frame for all, "
-                             f"or exactly one per frame")
 
 
 class LightningScheduler(io.ComfyNode):
@@ -179,7 +145,8 @@ class LightningKSampler(io.ComfyNode):
         check_frame_count(model, latent_image)
         control.check_control_frames(latent_image["samples"].shape[0], positive, negative)
         check_prompt_frames(latent_image["samples"].shape[0], positive, negative)
-        check_pack_frames(model, latent_image["samples"].shape[0], positive, negative)
+        host.check_pack_frames(model, latent_image["samples"].shape[0],
+                               control.controls_of(positive) + control.controls_of(negative))
         steps, sigmas = lightning_sigmas(model, steps, denoise)
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])

@@ -5,7 +5,8 @@ Starts the real ComfyUI server (.host/ComfyUI, built by scripts/setup.sh) with t
 node and opens each family's workflow in headless Chromium. A graph wider than one strip is cut between its
 columns into strips that are stacked top to bottom, each drawn at a zoom where node titles and widget values can
 be read. A workflow with node types the frontend does not know is not photographed: the script names them and
-exits non-zero.
+exits non-zero. Workflows that use IPAdapter_plus or Advanced-ControlNet nodes need those packs, which the server
+gets from ../shared/third_party (as the tests install them).
 
     .venv/bin/python scripts/screenshot_workflows.py [family ...]
 """
@@ -23,7 +24,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from host import PACKAGE_DIR_NAME  # noqa: E402
+from host import (PACKAGE_DIR_NAME, THIRD_PARTY, link_node_packs, missing_node_packs,  # noqa: E402
+                  uses_node_packs)
 from host.comfy_server import ComfyServer  # noqa: E402
 from host.frontend import QUIET_SETTINGS, open_frontend  # noqa: E402
 
@@ -34,6 +36,7 @@ FAMILIES = {
     "long": "animatediff_lightning_4step_t2v_travel.json",
     "v2v": "animatediff_lightning_4step_v2v_canny.json",
     "v2v_long": "animatediff_lightning_4step_v2v_long.json",
+    "ipadapter_long": "animatediff_lightning_4step_t2v_ipadapter_long.json",
 }
 # Only the graph: no fps counter, no zoom toolbar, no focus-mode menu button; and text drawn at any zoom
 # (by default litegraph draws bare boxes once its font would be smaller than 8 px).
@@ -135,11 +138,18 @@ def main():
         parser.error(f"no workflow family {unknown}; choose from {', '.join(FAMILIES)}")
     args.out.mkdir(parents=True, exist_ok=True)
 
+    with_packs = any(uses_node_packs(ROOT / "workflows" / FAMILIES[family]) for family in families)
+    if with_packs and missing_node_packs():
+        sys.exit(f"{', '.join(missing_node_packs())} not found in {THIRD_PARTY}, which workflows with "
+                 "IPAdapter_plus or Advanced-ControlNet nodes need")
+
     failed = []
     with tempfile.TemporaryDirectory(prefix="adl_screenshots_") as tmp:
         base = Path(tmp)
         (base / "custom_nodes").mkdir()
         (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
+        if with_packs:
+            link_node_packs(base / "custom_nodes")
         server = ComfyServer.start(base)
         try:
             with open_frontend(server.url, viewport=(PAGE_WIDTH, 900), scale=args.scale, settings=SETTINGS) as frontend:

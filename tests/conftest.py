@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from host import MODEL_DIRS, PACKAGE_DIR_NAME  # noqa: E402
+from host import MODEL_DIRS, PACKAGE_DIR_NAME, THIRD_PARTY, link_node_packs, missing_node_packs  # noqa: E402
 from host.comfy_server import ComfyServer  # noqa: E402
 
 pytest_plugins = ["fixtures.comfy_models"]  # model-file fixtures shared by tests/nodes and tests/workflows
@@ -47,8 +47,6 @@ def comfy(comfy_base) -> ComfyServer:
     print(f"\nComfyUI stopped; log: {server.log_path}")
 
 
-THIRD_PARTY = REPO_ROOT.parent / "shared" / "third_party"
-PACKS = ("ComfyUI_IPAdapter_plus", "ComfyUI-Advanced-ControlNet")  # unmodified snapshots, see its README
 PACK_NODES = ("IPAdapterModelLoader", "ACN_AdvancedControlNetApply_v2")  # one node each, to prove they loaded
 
 
@@ -56,15 +54,14 @@ PACK_NODES = ("IPAdapterModelLoader", "ACN_AdvancedControlNetApply_v2")  # one n
 def comfy_packs_base(comfy_base, tmp_path_factory) -> Path:
     """A second --base-directory: this repo plus IPAdapter_plus and Advanced-ControlNet from ../shared/third_party
     (symlinks, nothing copied), sharing comfy_base's models folder so the model fixtures serve both servers."""
-    missing = [name for name in PACKS if not (THIRD_PARTY / name).is_dir()]
+    missing = missing_node_packs()
     if missing:
         pytest.skip(f"{', '.join(missing)} not found in {THIRD_PARTY}: the tests with the real node packs need "
                     f"../shared/third_party beside the checkout, as CI lays it out")
     base = tmp_path_factory.mktemp("comfy_packs_base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
-    for name in PACKS:
-        (base / "custom_nodes" / name).symlink_to(THIRD_PARTY / name, target_is_directory=True)
+    link_node_packs(base / "custom_nodes")
     probe = Path(__file__).resolve().parent / "fixtures" / "pack_probe"  # a test-only recorder node
     (base / "custom_nodes" / "adl_test_pack_probe").symlink_to(probe, target_is_directory=True)
     for name in ("ipadapter", "clip_vision"):  # the packs' folders; the plain server never lists them

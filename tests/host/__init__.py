@@ -11,6 +11,19 @@ from .comfy_server import REPO_ROOT, ComfyError, ComfyServer, PromptRejected, Re
 PACKAGE_DIR_NAME = "ComfyUI-AnimateDiff-Lightning"  # as users clone it into custom_nodes/
 REPO_ROOT_INIT = REPO_ROOT / "__init__.py"  # what ComfyUI imports as our package
 MODEL_DIRS = ("checkpoints", "animatediff_models", "animatediff_motion_lora", "vae", "loras", "controlnet")
+THIRD_PARTY = REPO_ROOT.parent / "shared" / "third_party"  # beside the checkout, as CI lays it out
+NODE_PACKS = ("ComfyUI_IPAdapter_plus", "ComfyUI-Advanced-ControlNet")  # unmodified snapshots, see its README
+
+
+def missing_node_packs() -> list[str]:
+    """The NODE_PACKS not found in THIRD_PARTY."""
+    return [name for name in NODE_PACKS if not (THIRD_PARTY / name).is_dir()]
+
+
+def link_node_packs(custom_nodes: Path) -> None:
+    """Installs the NODE_PACKS into a server's custom_nodes/ as symlinks (nothing of them is copied)."""
+    for name in NODE_PACKS:
+        (custom_nodes / name).symlink_to(THIRD_PARTY / name, target_is_directory=True)
 
 
 def uses_node_packs(workflow: Path) -> bool:
