@@ -31,10 +31,15 @@ models, encodes the prompt, then resets the kernel's peak-RSS mark (/proc/self/c
 sampling step; the peak is VmHWM minus the RSS just before the run. Large blocks are mmap'ed
 (MALLOC_MMAP_THRESHOLD_ 1 MiB), so freed tensors leave the resident set. On CUDA: the allocator's peak.
 
-    taskset -c 1 .venv/bin/python bench/bench_long.py --unet full --reps 3 --threads 1
-    taskset -c 1 .venv/bin/python bench/bench_long.py --unet full --memory --memory-frames 64 --reps 0
-    taskset -c 1 .venv/bin/python bench/bench_long.py --unet tiny --memory --memory-frames 64 256 1024 --reps 0
-    .venv/bin/python bench/bench_long.py --profile "ours views 16/4" --unet tiny --frames 64
+The runs behind docs/long_video.md (a shared 2-vCPU machine; 2 steps to fit the session):
+
+    taskset -c 1 .venv/bin/python bench/bench_long.py --unet full --reps 3 --steps 2 --threads 1
+    taskset -c 1 .venv/bin/python bench/bench_long.py --unet full --reps 3 --steps 2 --threads 1 \
+        --modes "ours views 16/4" "diffusers FreeNoise 16/4"
+    taskset -c 0 .venv/bin/python bench/bench_long.py --unet full --reps 0 --threads 1 --memory --memory-frames 64
+    taskset -c 0 .venv/bin/python bench/bench_long.py --unet tiny --reps 0 --threads 1 --memory
+    .venv/bin/python bench/bench_long.py --unet tiny --reps 0 --threads 1 --profile "ours views 16/4" \
+        "diffusers FreeNoise 16/4"
 """
 from __future__ import annotations
 
