@@ -1,4 +1,4 @@
-"""Benchmark: long text-to-video (64 frames, 4 steps) in UNet windows, in views, and both; against diffusers' FreeNoise
+r"""Benchmark: long text-to-video (64 frames, 4 steps) in UNet windows, in views, and both; against diffusers' FreeNoise
 
 Modes (windows and views 16 frames with overlap 4 unless named otherwise):
 
