@@ -3,20 +3,23 @@
     .venv/bin/python bench/bench_adversarial.py                        # every arm, 2 seeds, the pass verdict
     .venv/bin/python bench/bench_adversarial.py --sabotage detach_fake # the G loss sees a detached fake
     .venv/bin/python bench/bench_adversarial.py --sabotage skip_d_step # D's optimizer never steps
+    .venv/bin/python bench/bench_adversarial.py --seeds 1 --json s1.jsonl   # one process per seed, then:
+    .venv/bin/python bench/bench_adversarial.py --merge s0.jsonl s1.jsonl   # the table and the verdict
 
 Setup: a tiny random SD1.5-layout base, 4 frames at 32 px (4x4 latents), fixed random latent clips. The
 student is a random motion module S0; the teacher is S0 with every temporal transformer's output
 projection scaled by (1 + g), a visible difference the student can learn exactly (g = 0: teacher = S0,
 the control). One adversarial stage on the 4-step grid with one teacher step per student step (n = 1),
 through the trainer's own pieces: trainer.distill's plans, teacher solve, student jump and adversarial
-losses (the functions train.py's G and D phases call), the trainer's Discriminator, Adam with the
-adversarial betas (0, 0.99). Why n = 1: with n = 2 (8 -> 4) the g = 0 control is no null, because eps varies
+losses (the functions train.py's G and D phases call), the trainer's Discriminator built from the teacher
+as train.py builds it (its logit layer starts at zero), Adam with the adversarial betas (0, 0.99), 300 steps.
+Why n = 1: with n = 2 (8 -> 4) the g = 0 control is no null, because eps varies
 along the path of a random net (measured: target-to-jump gap 0.118 at g = 0 vs 0.409 at g = 1, 29%), so a
 working G + D would rightly move the student at g = 0; with n = 1 the g = 0 target is the jump itself.
 
 Arms, each over seeds 0 and 1 (seed = S0, D's head, clips, noise): `d_only` (the student frozen, only D
 steps), `g_and_d` (the trainer's G phase then D phase), `mse` (the same steps with the MSE loss, the
-reference), at g in {0, 0.5, 1}. Measured on held-out (x0, noise, start t):
+reference), at g in {0, 0.5, 1}. Measured on 64 held-out (x0, noise, start t):
   d_acc, real_logit, fake_logit  D's accuracy and mean logits on teacher targets (real) vs student jumps (fake)
   gap_closed   1 - rms(fake - real) / rms(fake_0 - real): the fraction of the output gap the stage closed
   moved        rms(fake - fake_0) / rms(fake_0 - real at g = 1): how far the student's outputs moved, in units
