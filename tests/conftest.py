@@ -90,12 +90,64 @@ def comfy_packs(comfy_packs_base) -> ComfyServer:
     server.stop()
 
 
+ADE_ENV = "ADL_ANIMATEDIFF_EVOLVED"  # an AnimateDiff-Evolved checkout (tested: commit 90fb133), for one opt-in test
+ADE_DIR_NAME = "ComfyUI-AnimateDiff-Evolved"
+
+
+@pytest.fixture(scope="session")
+def comfy_ade_base(tmp_path_factory) -> Path:
+    """A third --base-directory: this repo, the two packs, the test probe and AnimateDiff-Evolved from
+    $ADL_ANIMATEDIFF_EVOLVED (symlinks), with models and inputs of its own; the other servers never see ADE."""
+    import os
+
+    ade = os.environ.get(ADE_ENV)
+    if not ade:
+        pytest.skip(f"AnimateDiff-Evolved not given ({ADE_ENV}): Advanced-ControlNet's SparseCtrl loader needs it; "
+                    f"../shared/third_party does not hold it")
+    if not (Path(ade) / "animatediff" / "motion_module_ad.py").is_file():
+        pytest.skip(f"{ADE_ENV}={ade} is not an AnimateDiff-Evolved checkout (no animatediff/motion_module_ad.py)")
+    missing = missing_node_packs()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not found in {THIRD_PARTY}")
+    base = tmp_path_factory.mktemp("comfy_ade_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    link_node_packs(base / "custom_nodes")
+    probe = Path(__file__).resolve().parent / "fixtures" / "pack_probe"
+    (base / "custom_nodes" / "adl_test_pack_probe").symlink_to(probe, target_is_directory=True)
+    (base / "custom_nodes" / ADE_DIR_NAME).symlink_to(Path(ade).resolve(), target_is_directory=True)
+    for name in MODEL_DIRS:
+        (base / "models" / name).mkdir(parents=True)
+    (base / "input").mkdir()
+    (base / "output").mkdir()
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy_ade(comfy_ade_base) -> ComfyServer:
+    """A real ComfyUI server with the two packs and AnimateDiff-Evolved beside this package."""
+    t0 = time.monotonic()
+    server = ComfyServer.start(comfy_ade_base)
+    try:
+        info = server.object_info()
+        lost = [name for name in (*PACK_NODES, "ACN_SparseCtrlLoaderAdvanced", "ADE_AnimateDiffLoaderGen1",
+                                  "ADLTest_RecordSparseCtrl") if name not in info]
+        assert not lost, f"the packs or AnimateDiff-Evolved did not load (no {lost}):\n{server.log_tail(120)}"
+    except BaseException:
+        server.stop()
+        raise
+    print(f"\nComfyUI with IPAdapter_plus, Advanced-ControlNet and AnimateDiff-Evolved up on {server.url} in "
+          f"{time.monotonic() - t0:.1f}s; log: {server.log_path}")
+    yield server
+    server.stop()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     # A failing test that used the server gets the server's log tail in its report.
     report = yield
     funcargs = getattr(item, "funcargs", {})
-    server = funcargs.get("comfy") or funcargs.get("comfy_packs")
+    server = funcargs.get("comfy") or funcargs.get("comfy_packs") or funcargs.get("comfy_ade")
     if report.failed and isinstance(server, ComfyServer):
         report.sections.append((f"ComfyUI log tail ({server.log_path})", server.log_tail()))
     return report

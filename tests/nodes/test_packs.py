@@ -54,28 +54,35 @@ def pack_files(comfy_packs_base, write_motion, tiny_checkpoint, tiny_controlnet)
     write_motion(MOTION_FILE)
     packs.write_ipadapter(comfy_packs_base / "models" / "ipadapter" / IPADAPTER_FILE, packs.TINY_PATCHED_CHANNELS)
     inputs = comfy_packs_base / "input"
-    sigma = schedule.get_sigmas_trailing(2)[0].item()
-    noise = torch.randn(FRAMES, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(31))
-    # SamplerCustom scales the loaded latent by the SD1.5 factor; this undoes it so the sampler starts from the
-    # noise at the first sigma, as with added noise.
-    latent = noise * (1 + sigma ** 2) ** 0.5 / 0.18215
+    write_noise_and_sparse_hints(inputs)
     embeds = packs.frame_embeds(FRAMES)
     hints, other_hints = packs.frame_images(FRAMES, SIZE, seed=24), packs.frame_images(FRAMES, SIZE, seed=25)
     masks = packs.frame_masks(FRAMES, SIZE, seed=27)
     for name, frames in [("all", list(range(FRAMES))), *[(f"clip{k}", clip) for k, clip in enumerate(CLIPS)]]:
-        save_file({"latent_tensor": latent[frames].contiguous(), "latent_format_version_0": torch.zeros(1)},
-                  str(inputs / f"adl_noise_{name}.latent"))
         packs.write_embeds(inputs / f"adl_embeds_{name}.ipadpt", embeds[frames])
         packs.write_animated_png(inputs / f"adl_hints_{name}.png", hints[frames])
         packs.write_animated_png(inputs / f"adl_other_hints_{name}.png", other_hints[frames])
         packs.write_animated_png(inputs / f"adl_masks_{name}.png", masks[frames])
     packs.write_embeds(inputs / "adl_embeds_zero.ipadpt", torch.zeros(1, packs.CLIP_EMBED_DIM))
+    return {"checkpoint": tiny_checkpoint}
+
+
+def write_noise_and_sparse_hints(inputs):
+    """The initial latent of the video and of each clip (LoadLatent files), and SparseCtrl's hint images of the
+    video and of each clip (animated PNGs), in the `inputs` folder."""
+    sigma = schedule.get_sigmas_trailing(2)[0].item()
+    noise = torch.randn(FRAMES, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(31))
+    # SamplerCustom scales the loaded latent by the SD1.5 factor; this undoes it so the sampler starts from the
+    # noise at the first sigma, as with added noise.
+    latent = noise * (1 + sigma ** 2) ** 0.5 / 0.18215
+    for name, frames in [("all", list(range(FRAMES))), *[(f"clip{k}", clip) for k, clip in enumerate(CLIPS)]]:
+        save_file({"latent_tensor": latent[frames].contiguous(), "latent_format_version_0": torch.zeros(1)},
+                  str(inputs / f"adl_noise_{name}.latent"))
     sparse_hints = packs.frame_images(FRAMES, SIZE, seed=26)
     packs.write_animated_png(inputs / "adl_sparse_hints_all.png", sparse_hints[SPARSE_FRAMES])
     for k, clip in enumerate(CLIPS):
         packs.write_animated_png(inputs / f"adl_sparse_hints_clip{k}.png",
                                  sparse_hints[[f for f in SPARSE_FRAMES if f in clip]])
-    return {"checkpoint": tiny_checkpoint}
 
 
 # SparseCtrl's hint images: 3 over the video, on these frames (one in each by-hand clip).
