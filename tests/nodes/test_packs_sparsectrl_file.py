@@ -9,7 +9,7 @@ so the other servers never load AnimateDiff-Evolved.
     ADL_ANIMATEDIFF_EVOLVED=/path/to/AnimateDiff-Evolved python -m pytest tests/nodes/test_packs_sparsectrl_file.py
 
 The file is random, in the official `v3_sd15_sparsectrl_rgb.ckpt` layout (tests/fixtures/sparsectrl.py); the
-loader only accepts it at SD1.5 size, so this test uses the full-size SD1.5 UNet and motion module (about 9
+loader only accepts it at SD1.5 size, so this test uses the full-size SD1.5 UNet and motion module (4 to 9
 minutes on one CPU core, 9 GB of memory in the server, 5 GB of model files in the test's temp dir). Otherwise it
 repeats test_packs.test_sparsectrl_rgb_hints_land_on_their_frames: 48 frames, hints on frames 0, 24, 47, windows
 16/4, the video against the three 16-frame clips sampled by hand, one step.
