@@ -5,6 +5,7 @@ The ComfyUI server is started lazily: only tests that ask for `comfy` (or
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,17 @@ def comfy(comfy_base) -> ComfyServer:
 PACK_NODES = ("IPAdapterModelLoader", "ACN_AdvancedControlNetApply_v2")  # one node each, to prove they loaded
 
 
+def _base_with_packs(base: Path) -> Path:
+    """custom_nodes/ of a server base: this repo, the packs of ../shared/third_party and the test-only recorder
+    node, all symlinked."""
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    link_node_packs(base / "custom_nodes")
+    probe = Path(__file__).resolve().parent / "fixtures" / "pack_probe"
+    (base / "custom_nodes" / "adl_test_pack_probe").symlink_to(probe, target_is_directory=True)
+    return base
+
+
 @pytest.fixture(scope="session")
 def comfy_packs_base(comfy_base, tmp_path_factory) -> Path:
     """A second --base-directory: this repo plus IPAdapter_plus and Advanced-ControlNet from ../shared/third_party
@@ -58,12 +70,7 @@ def comfy_packs_base(comfy_base, tmp_path_factory) -> Path:
     if missing:
         pytest.skip(f"{', '.join(missing)} not found in {THIRD_PARTY}: the tests with the real node packs need "
                     f"../shared/third_party beside the checkout, as CI lays it out")
-    base = tmp_path_factory.mktemp("comfy_packs_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
-    link_node_packs(base / "custom_nodes")
-    probe = Path(__file__).resolve().parent / "fixtures" / "pack_probe"  # a test-only recorder node
-    (base / "custom_nodes" / "adl_test_pack_probe").symlink_to(probe, target_is_directory=True)
+    base = _base_with_packs(tmp_path_factory.mktemp("comfy_packs_base"))
     for name in ("ipadapter", "clip_vision"):  # the packs' folders; the plain server never lists them
         (comfy_base / "models" / name).mkdir(exist_ok=True)
     (base / "models").symlink_to(comfy_base / "models", target_is_directory=True)
@@ -98,8 +105,6 @@ ADE_DIR_NAME = "ComfyUI-AnimateDiff-Evolved"
 def comfy_ade_base(tmp_path_factory) -> Path:
     """A third --base-directory: this repo, the two packs, the test probe and AnimateDiff-Evolved from
     $ADL_ANIMATEDIFF_EVOLVED (symlinks), with models and inputs of its own; the other servers never see ADE."""
-    import os
-
     ade = os.environ.get(ADE_ENV)
     if not ade:
         pytest.skip(f"AnimateDiff-Evolved not given ({ADE_ENV}): Advanced-ControlNet's SparseCtrl loader needs it; "
@@ -109,12 +114,7 @@ def comfy_ade_base(tmp_path_factory) -> Path:
     missing = missing_node_packs()
     if missing:
         pytest.skip(f"{', '.join(missing)} not found in {THIRD_PARTY}")
-    base = tmp_path_factory.mktemp("comfy_ade_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
-    link_node_packs(base / "custom_nodes")
-    probe = Path(__file__).resolve().parent / "fixtures" / "pack_probe"
-    (base / "custom_nodes" / "adl_test_pack_probe").symlink_to(probe, target_is_directory=True)
+    base = _base_with_packs(tmp_path_factory.mktemp("comfy_ade_base"))
     (base / "custom_nodes" / ADE_DIR_NAME).symlink_to(Path(ade).resolve(), target_is_directory=True)
     for name in MODEL_DIRS:
         (base / "models" / name).mkdir(parents=True)
