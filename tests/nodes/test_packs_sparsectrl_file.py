@@ -15,6 +15,8 @@ repeats test_packs.test_sparsectrl_rgb_hints_land_on_their_frames: 48 frames, hi
 16/4, the video against the three 16-frame clips sampled by hand, one step.
 """
 
+import gc
+
 import pytest
 
 import graphs
@@ -32,8 +34,6 @@ SD15_MOTION_LAYERS = 8  # the SparseCtrl file's motion modules: 4 down blocks x 
 def ade_files(comfy_ade_base):
     """Full-size random SD1.5 checkpoint, motion module and RGB SparseCtrl in the ADE server's models folder;
     the noise and hint inputs of test_packs in its input folder."""
-    import gc
-
     models = comfy_ade_base / "models"
     unet, vae, text_encoder, _ = sd15.build_models("full")
     sd15.write_checkpoint(models / "checkpoints" / CHECKPOINT, unet, vae, text_encoder)
