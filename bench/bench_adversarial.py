@@ -70,6 +70,7 @@ class Recipe:
     d_lr: float = 3e-4
     mse_lr: float = 1e-4
     betas: tuple = (0.0, 0.99)
+    g_betas: tuple | None = None  # the student's Adam betas when they differ from D's
     discriminator: str = "conditional"
     d_warmup_steps: int = 0
     d_steps_per_g_step: int = 1
@@ -172,7 +173,7 @@ def run_arm(problem: Problem, arm: str, g: float, recipe: Recipe, sabotage: str 
     unit_gap = _rms(fake_0 - problem.target(unit_teacher, held))
     d = opt_d = None
     opt_g = (torch.optim.Adam(student.parameters(), lr=recipe.mse_lr if arm == "mse" else recipe.g_lr,
-                              betas=(0.9, 0.999) if arm == "mse" else recipe.betas)
+                              betas=(0.9, 0.999) if arm == "mse" else recipe.g_betas or recipe.betas)
              if arm != "d_only" else None)
     if arm != "mse":
         d = build_discriminator(problem, teacher, recipe.discriminator == "conditional")
@@ -292,6 +293,7 @@ def main() -> int:
     parser.add_argument("--d-lr", type=float, default=Recipe.d_lr)
     parser.add_argument("--d-warmup-steps", type=int, default=Recipe.d_warmup_steps)
     parser.add_argument("--d-steps-per-g-step", type=int, default=Recipe.d_steps_per_g_step)
+    parser.add_argument("--g-betas", type=float, nargs=2, help="the student's Adam betas (default: D's, 0 0.99)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--gaps", type=float, nargs="+", default=list(GAPS))
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
@@ -308,7 +310,8 @@ def main() -> int:
         return 0 if not failures else 1
     torch.set_num_threads(args.threads)
     recipe = Recipe(steps=args.steps, g_lr=args.g_lr, d_lr=args.d_lr, discriminator=args.discriminator,
-                    d_warmup_steps=args.d_warmup_steps, d_steps_per_g_step=args.d_steps_per_g_step)
+                    d_warmup_steps=args.d_warmup_steps, d_steps_per_g_step=args.d_steps_per_g_step,
+                    g_betas=tuple(args.g_betas) if args.g_betas else None)
     print(f"recipe: {recipe}, sabotage: {args.sabotage}")
     with tempfile.TemporaryDirectory() as tmp:
         base_path = write_tiny_base_model(Path(tmp) / "tiny_base.safetensors", seed=0)
