@@ -30,6 +30,11 @@ def comfy_base(tmp_path_factory) -> Path:
     (base / "custom_nodes").mkdir()
     # A symlink, so the server runs the working tree as it is now.
     (base / "custom_nodes" / PACKAGE_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    return _with_own_folders(base)
+
+
+def _with_own_folders(base: Path) -> Path:
+    """Empty models/ (every folder a test writes to), input/ and output/ folders of a server base."""
     for name in MODEL_DIRS:
         (base / "models" / name).mkdir(parents=True)
     (base / "input").mkdir()
@@ -82,19 +87,24 @@ def comfy_packs_base(comfy_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def comfy_packs(comfy_packs_base) -> ComfyServer:
     """A real ComfyUI server with the two packs installed beside this package (the plain `comfy` stays as it is)."""
+    server = _start_with_nodes(comfy_packs_base, PACK_NODES, "IPAdapter_plus and Advanced-ControlNet")
+    yield server
+    server.stop()
+
+
+def _start_with_nodes(base: Path, nodes, packs: str) -> ComfyServer:
+    """A server on `base` whose node list has every one of `nodes` (else stopped, with its log tail)."""
     t0 = time.monotonic()
-    server = ComfyServer.start(comfy_packs_base)
+    server = ComfyServer.start(base)
     try:
         info = server.object_info()
-        lost = [name for name in PACK_NODES if name not in info]
-        assert not lost, f"the packs did not load (no {lost}):\n{server.log_tail(120)}"
+        lost = [name for name in nodes if name not in info]
+        assert not lost, f"{packs} did not load (no {lost}):\n{server.log_tail(120)}"
     except BaseException:
         server.stop()
         raise
-    print(f"\nComfyUI with IPAdapter_plus and Advanced-ControlNet up on {server.url} in "
-          f"{time.monotonic() - t0:.1f}s; log: {server.log_path}")
-    yield server
-    server.stop()
+    print(f"\nComfyUI with {packs} up on {server.url} in {time.monotonic() - t0:.1f}s; log: {server.log_path}")
+    return server
 
 
 ADE_ENV = "ADL_ANIMATEDIFF_EVOLVED"  # an AnimateDiff-Evolved checkout (tested: commit 90fb133), for one opt-in test
@@ -116,28 +126,14 @@ def comfy_ade_base(tmp_path_factory) -> Path:
         pytest.skip(f"{', '.join(missing)} not found in {THIRD_PARTY}")
     base = _base_with_packs(tmp_path_factory.mktemp("comfy_ade_base"))
     (base / "custom_nodes" / ADE_DIR_NAME).symlink_to(Path(ade).resolve(), target_is_directory=True)
-    for name in MODEL_DIRS:
-        (base / "models" / name).mkdir(parents=True)
-    (base / "input").mkdir()
-    (base / "output").mkdir()
-    return base
+    return _with_own_folders(base)
 
 
 @pytest.fixture(scope="session")
 def comfy_ade(comfy_ade_base) -> ComfyServer:
     """A real ComfyUI server with the two packs and AnimateDiff-Evolved beside this package."""
-    t0 = time.monotonic()
-    server = ComfyServer.start(comfy_ade_base)
-    try:
-        info = server.object_info()
-        lost = [name for name in (*PACK_NODES, "ACN_SparseCtrlLoaderAdvanced", "ADE_AnimateDiffLoaderGen1",
-                                  "ADLTest_RecordSparseCtrl") if name not in info]
-        assert not lost, f"the packs or AnimateDiff-Evolved did not load (no {lost}):\n{server.log_tail(120)}"
-    except BaseException:
-        server.stop()
-        raise
-    print(f"\nComfyUI with IPAdapter_plus, Advanced-ControlNet and AnimateDiff-Evolved up on {server.url} in "
-          f"{time.monotonic() - t0:.1f}s; log: {server.log_path}")
+    nodes = (*PACK_NODES, "ACN_SparseCtrlLoaderAdvanced", "ADE_AnimateDiffLoaderGen1", "ADLTest_RecordSparseCtrl")
+    server = _start_with_nodes(comfy_ade_base, nodes, "IPAdapter_plus, Advanced-ControlNet and AnimateDiff-Evolved")
     yield server
     server.stop()
 

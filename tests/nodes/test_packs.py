@@ -340,6 +340,23 @@ def test_per_frame_inputs_for_another_frame_count_are_refused(comfy_packs, comfy
     assert comfy_packs.system_stats()  # still serving
 
 
+SPARSE_WINDOW_RUNS = [("sc_batched", "batched"), ("sc_uniform1", "standard_uniform"),
+                      ("sc_uniform3", "standard_uniform")]
+
+
+def assert_sparse_hints_placed(records, name, schedule_name):
+    """The SparseCtrl's calls of the sampling `name` are the schedule's windows of 16/4, one per call (SparseCtrl
+    reads sub_idxs as one window), each knowing the video's length and holding the hint image of each hinted frame
+    of its window at that frame's place in it."""
+    expected = windows.context_windows(schedule_name, FRAMES, LENGTH, OVERLAP, 0)
+    assert sorted(r["sub_idxs"] for r in records) == sorted(expected), name
+    for r in records:
+        places = [p for p, frame in enumerate(r["sub_idxs"]) if frame in SPARSE_FRAMES]
+        assert places, f"{name}: window {r['sub_idxs']} holds no hint frame; the expectation below needs one"
+        assert r["full_length"] == FRAMES and r["hinted"] == places, (name, r)
+        assert r["images"] == [[SPARSE_FRAMES.index(r["sub_idxs"][p])] for p in places], (name, r)
+
+
 def test_sparsectrl_rgb_hints_land_on_their_frames(comfy_packs, comfy_packs_base, pack_files):
     """SparseCtrl RGB, 3 hint images on frames 0, 24, 47 of 48, windows 16/4: every model call gets the hints of
     the frames it holds, at their place in the window, and the video equals the clips sampled by hand."""
@@ -363,16 +380,8 @@ def test_sparsectrl_rgb_hints_land_on_their_frames(comfy_packs, comfy_packs_base
 
     # What reached the control in each call: one window (three per call asked for or not), the whole video's
     # length, and the hint image of each hinted frame of the window at that frame's place in it.
-    for name, schedule_name in [("sc_batched", "batched"), ("sc_uniform1", "standard_uniform"),
-                                ("sc_uniform3", "standard_uniform")]:
-        records = read_records(logs[name])
-        expected = windows.context_windows(schedule_name, FRAMES, LENGTH, OVERLAP, 0)
-        assert sorted(r["sub_idxs"] for r in records) == sorted(expected), name
-        for r in records:
-            places = [p for p, frame in enumerate(r["sub_idxs"]) if frame in SPARSE_FRAMES]
-            assert places, f"{name}: window {r['sub_idxs']} holds no hint frame; the expectation below needs one"
-            assert r["full_length"] == FRAMES and r["hinted"] == places, (name, r)
-            assert r["images"] == [[SPARSE_FRAMES.index(r["sub_idxs"][p])] for p in places], (name, r)
+    for name, schedule_name in SPARSE_WINDOW_RUNS:
+        assert_sparse_hints_placed(read_records(logs[name]), name, schedule_name)
     for k in range(len(CLIPS)):
         assert [r["sub_idxs"] for r in read_records(logs[f"sc_hand{k}"])] == [None]
 
