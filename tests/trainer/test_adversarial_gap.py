@@ -8,8 +8,8 @@ logit layer never moves and every logit stays 0. The g = 0 control: with nothing
 student exactly where it was. The G path is checked on its own: the generator loss's gradient reaches the
 student through the fake and D's features (autograd's directional derivative equals a central finite
 difference), which a detached fake (`--sabotage detach_fake`) fails. G + D closes 8-10% of the gap in 300
-steps and about a fifth in 1500-2000 (trainer/README.md, "Does an adversarial stage distil?"): minutes per arm
-on 2 cores, so that criterion is the bench's (`--steps 2000`), not asserted here."""
+steps and 24% in 2000 (trainer/README.md, "Does an adversarial stage distil?"): 25-40 minutes per arm on one
+core, so that criterion is the bench's (`--steps 2000`), not asserted here."""
 import copy
 
 import importlib.util
